@@ -1,0 +1,17 @@
+# metamodels: the papers' pipeline as a DAG.
+#
+#   vocab ─┐
+#   sample (per shard) ─> compile_shard (per shard) ─> split ─> data/dataset/{train,val,test}
+#
+# Each rule calls one verb of `python -m metamodels`; the logic lives in
+# src/metamodels/. params.yaml is validated before any job runs. Use another
+# params file with `--configfile FILE` (see README).
+
+include: "rules/common.smk"
+include: "rules/zoo.smk"
+
+
+rule all:
+    input:
+        dataset_outputs(),
+    default_target: True

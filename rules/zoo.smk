@@ -1,0 +1,72 @@
+# Program zoo: sample RASP programs, compile them with tracr, verify, split.
+
+
+rule vocab:
+    output:
+        "data/vocab.json",
+    params:
+        cfg=section_params(sampler=["map_constants", "max_length"]),
+    log:
+        "logs/vocab.log",
+    benchmark:
+        "logs/benchmarks/vocab.tsv"
+    shell:
+        "{PY} vocab --config {params.cfg:q} --out {output} 2> {log}"
+
+
+rule sample:
+    output:
+        "data/programs/shard_{shard}.json",
+    params:
+        cfg=section_params(zoo=True, sampler=True, verify=["exhaustive_limit", "samples"]),
+    log:
+        "logs/sample/shard_{shard}.log",
+    benchmark:
+        "logs/benchmarks/sample/shard_{shard}.tsv"
+    shell:
+        "{PY} sample --config {params.cfg:q} --shard {wildcards.shard} --out {output} 2> {log}"
+
+
+rule compile_shard:
+    input:
+        programs="data/programs/shard_{shard}.json",
+        vocab="data/vocab.json",
+    output:
+        "data/compiled/shard_{shard}.npz",
+    params:
+        cfg=section_params(
+            zoo=["seed", "vocab", "max_seq_len"],
+            sampler=["map_constants"],
+            compile=True,
+            verify=True,
+        ),
+    log:
+        stderr="logs/compile/shard_{shard}.log",
+        timing="logs/compile/shard_{shard}.timing.json",
+    benchmark:
+        "logs/benchmarks/compile/shard_{shard}.tsv"
+    shell:
+        "{PY} compile-shard --config {params.cfg:q} --programs {input.programs}"
+        " --vocab {input.vocab} --out {output} --timing {log.timing} 2> {log.stderr}"
+
+
+rule split:
+    input:
+        shards=expand("data/compiled/shard_{shard}.npz", shard=SHARDS),
+        vocab="data/vocab.json",
+    output:
+        dataset_outputs(),
+    params:
+        cfg=section_params(
+            zoo=["vocab", "max_seq_len"],
+            sampler=["map_constants", "max_length"],
+            dataset=True,
+        ),
+        outdir="data/dataset",
+    log:
+        "logs/split.log",
+    benchmark:
+        "logs/benchmarks/split.tsv"
+    shell:
+        "{PY} split --config {params.cfg:q} --inputs {input.shards} --vocab {input.vocab}"
+        " --outdir {params.outdir} 2> {log}"

@@ -1,0 +1,127 @@
+"""Command line: ``python -m metamodels VERB ...`` — one verb per pipeline stage.
+
+Pipeline verbs take their parameters either from a params file (``--params
+params.yaml``, the whole file) or as JSON sections (``--config '{...}'``, what
+the Snakemake rules pass, so each rule's rerun trigger sees exactly the
+parameters it uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from metamodels import config as C
+
+
+def _params(args) -> dict:
+    if args.config is not None:
+        params = json.loads(args.config)
+        C.validate_partial(params, "--config")
+        return params
+    return C.load(args.params)
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    g.add_argument("--config", help="JSON object with the params sections this verb needs")
+
+
+def cmd_check_params(args) -> None:
+    C.load(args.params)
+    print(f"{args.params}: valid")
+
+
+def cmd_vocab(args) -> None:
+    from metamodels import shards
+    from metamodels.tokenizer import Vocab
+    vocab = Vocab.from_params(_params(args))
+    shards.write_bytes(args.out, vocab.dumps().encode())
+    print(f"[vocab] {len(vocab)} tokens -> {args.out}", file=sys.stderr)
+
+
+def cmd_sample(args) -> None:
+    from metamodels.zoo import run_sample
+    run_sample(_params(args), args.shard, args.out)
+
+
+def cmd_compile_shard(args) -> None:
+    from metamodels.zoo import run_compile
+    run_compile(_params(args), args.programs, args.vocab, args.out, args.timing, args.workers)
+
+
+def cmd_split(args) -> None:
+    from metamodels.dataset import run_split
+    run_split(_params(args), args.inputs, args.vocab, args.outdir)
+
+
+def cmd_show(args) -> None:
+    from metamodels import shards
+    from metamodels.tokenizer import Vocab
+    from metamodels.zoo import row
+    arrays = shards.load_npz(args.shard)
+    n = len(arrays["length"])
+    if not 0 <= args.index < n:
+        sys.exit(f"{args.shard}: index {args.index} out of range (0..{n - 1})")
+    r = row(arrays, args.index)
+    print(r["source"])
+    if args.vocab:
+        print(" ".join(Vocab.load(args.vocab).strs(r["tokens"].tolist())))
+    meta = {k: v for k, v in r["meta"].items() if k != "model"}
+    print(json.dumps(meta, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="metamodels", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("check-params", help="validate a params file against the schema")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=cmd_check_params)
+
+    p = sub.add_parser("vocab", help="write the program token vocabulary (JSON)")
+    _add_params(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("sample", help="stage 1: sample one shard of RASP programs")
+    _add_params(p)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("compile-shard", help="stage 2: compile and verify one shard")
+    _add_params(p)
+    p.add_argument("--programs", required=True, help="sampled shard (JSON)")
+    p.add_argument("--vocab", required=True, help="vocab.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--timing", help="where to write per-program timings (JSON)")
+    p.add_argument("--workers", type=int, default=1, help="compile worker processes")
+    p.set_defaults(func=cmd_compile_shard)
+
+    p = sub.add_parser("split", help="stage 3: deduplicate and split compiled shards")
+    _add_params(p)
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--outdir", required=True)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("show", help="print one program of a shard (source, tokens, metadata)")
+    p.add_argument("shard")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--vocab", help="vocab.json, to print tokens")
+    p.set_defaults(func=cmd_show)
+
+    args = ap.parse_args(argv)
+    try:
+        args.func(args)
+    except C.ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""Fast NumPy compile vs stock tracr: bitwise-identical weights.
+
+Stock tracr compiles cost a few seconds each (XLA-compiling haiku's init), so
+every program is compiled with stock at most once per test session: the
+results are memoised in this module (``stock_reference``) and reused by
+``tests/test_forward.py`` when both files run in one session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import random
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from metamodels.compiler import (
+    CompiledModel,
+    compile_program,
+    compile_program_stock,
+    model_differences,
+    models_bitwise_equal,
+)
+from tracr.compiler import lib
+from tracr.rasp import rasp
+
+
+# ---------------------------------------------------------------------------
+# Programs.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  build: Callable[[], rasp.SOp]
+  vocab: frozenset
+  max_seq_len: int
+  causal: bool = False
+
+
+def _lib_cases() -> list[Case]:
+  t = rasp.tokens
+  abcd = frozenset("abcd")
+  return [
+      Case("length", lambda: rasp.categorical(lib.make_length()), abcd, 3),
+      Case("length_numerical", lambda: rasp.numerical(lib.make_length()),
+           abcd, 3),
+      Case("reverse", lambda: lib.make_reverse(t), abcd, 5),
+      Case("hist", lib.make_hist, abcd, 5),
+      Case("sort_unique", lambda: lib.make_sort_unique(t, t),
+           frozenset({1, 2, 3, 4}), 5),
+      Case("sort", lambda: lib.make_sort(t, t, max_seq_len=5, min_key=1),
+           frozenset({1, 2, 3, 4}), 5),
+      Case("sort_freq", lambda: lib.make_sort_freq(max_seq_len=5),
+           frozenset({1, 2, 3, 4}), 5),
+      Case("frac_prevs", lambda: lib.make_frac_prevs(t == "l"),
+           frozenset("helo"), 5),
+      Case("frac_prevs_causal", lambda: lib.make_frac_prevs(t == "l"),
+           frozenset("helo"), 5, causal=True),
+      Case("pair_balance", lambda: lib.make_pair_balance(t, "(", ")"),
+           frozenset("abc()"), 10),
+      Case("shuffle_dyck2", lambda: lib.make_shuffle_dyck(["()", "{}"]),
+           frozenset("(){}"), 5),
+      Case("detect_pattern", lambda: lib.detect_pattern(t, "abc"),
+           frozenset("abc"), 6),
+      Case("count_less_freq", lambda: lib.make_count_less_freq(2), abcd, 6),
+      Case("count", lambda: lib.make_count(t, "a"), frozenset("abc"), 8),
+      Case("shift_by", lambda: lib.shift_by(2, t), abcd, 5),
+      Case("nary_sequencemap",
+           lambda: lib.make_nary_sequencemap(lambda x, y, z: x + y - z, t, t,
+                                             rasp.indices),
+           frozenset({1, 2, 3}), 5),
+  ]
+
+
+LIB_CASES = {c.name: c for c in _lib_cases()}
+
+# --- random programs --------------------------------------------------------
+
+_CAT_FUNS = [
+    ("inc", lambda x: x + 1),
+    ("mod3", lambda x: x % 3),
+    ("gt2", lambda x: x > 2),
+    ("min3", lambda x: min(x, 3)),
+    ("half", lambda x: x // 2),
+    ("sqmod7", lambda x: x * x % 7),
+    ("neg", lambda x: -x),
+]
+_BIN_FUNS = [  # categorical -> numerical {0, 1}
+    ("odd", lambda x: 1 if x % 2 else 0),
+    ("ge3", lambda x: 1 if x >= 3 else 0),
+    ("is2", lambda x: 1 if x == 2 else 0),
+]
+_NUM_FUNS = [  # categorical -> numerical, non-binary
+    ("quarter", lambda x: x / 4),
+    ("sq", lambda x: x * x),
+]
+_NUMNUM_FUNS = [  # numerical -> numerical
+    ("dbl", lambda x: 2 * x),
+    ("plus1", lambda x: x + 1),
+]
+_NUMCAT_FUNS = [  # numerical -> categorical
+    ("pos", lambda x: x > 0),
+    ("round", lambda x: round(x)),
+]
+_SEQ_FUNS = [
+    ("add", lambda x, y: x + y),
+    ("sub", lambda x, y: x - y),
+    ("max", lambda x, y: max(x, y)),
+    ("eq", lambda x, y: x == y),
+    ("mulmod5", lambda x, y: x * y % 5),
+]
+_CMPS = list(rasp.Comparison)
+
+RANDOM_VOCAB = frozenset({1, 2, 3, 4, 5})
+RANDOM_MAX_SEQ_LEN = 5
+N_RANDOM = 26
+
+
+def random_program(seed: int) -> rasp.SOp:
+  """A small random RASP program over vocab {1..5} (deterministic per seed).
+
+  Mixes categorical / numerical Map, SequenceMap, LinearSequenceMap, Select +
+  Aggregate (categorical and numerical) and SelectorWidth. Some programs are
+  not compilable by tracr on purpose.
+  """
+  rng = random.Random(1000 + seed)
+  cat: list[rasp.SOp] = [rasp.tokens, rasp.indices]
+  binary: list[rasp.SOp] = []  # numerical with values in {0, 1}
+  num: list[rasp.SOp] = []  # other numerical
+  last = rasp.tokens  # start from tokens so most programs depend on them
+
+  def pick(pool):
+    # Prefer the most recent result so programs get deep, not wide.
+    # (Identity check: `in` would call rasp's overloaded `==`.)
+    if any(last is x for x in pool) and rng.random() < 0.6:
+      return last
+    return rng.choice(pool)
+
+  def name(kind, i):
+    return f"r{seed}_{i}_{kind}"
+
+  n_ops = rng.randint(2, 5)
+  for i in range(n_ops):
+    kinds = ["map", "seqmap", "agg_cat", "width", "map_bin", "map_num"]
+    if binary:
+      kinds += ["agg_num", "agg_num"]
+    if binary or num:
+      kinds += ["map_numnum", "map_numcat", "linseq"]
+    kind = rng.choice(kinds)
+    anynum = binary + num
+    if kind == "map":
+      fname, f = rng.choice(_CAT_FUNS)
+      out = rasp.Map(f, pick(cat)).named(name(fname, i))
+      cat.append(out)
+    elif kind == "map_bin":
+      fname, f = rng.choice(_BIN_FUNS)
+      out = rasp.numerical(rasp.Map(f, pick(cat))).named(name(fname, i))
+      binary.append(out)
+    elif kind == "map_num":
+      fname, f = rng.choice(_NUM_FUNS)
+      out = rasp.numerical(rasp.Map(f, pick(cat))).named(name(fname, i))
+      num.append(out)
+    elif kind == "map_numnum":
+      fname, f = rng.choice(_NUMNUM_FUNS)
+      out = rasp.numerical(rasp.Map(f, pick(anynum))).named(name(fname, i))
+      num.append(out)
+    elif kind == "map_numcat":
+      fname, f = rng.choice(_NUMCAT_FUNS)
+      out = rasp.categorical(rasp.Map(f, pick(anynum))).named(name(fname, i))
+      cat.append(out)
+    elif kind == "seqmap":
+      fname, f = rng.choice(_SEQ_FUNS)
+      a, b = pick(cat), rng.choice(cat)
+      out = rasp.SequenceMap(f, a, b).named(name(fname, i))
+      cat.append(out)
+    elif kind == "linseq":
+      a, b = pick(anynum), rng.choice(anynum)
+      out = rasp.numerical(
+          rasp.LinearSequenceMap(a, b, rng.choice([1, -1, 2]),
+                                 rng.choice([1, -1, 0.5]))).named(
+                                     name("lin", i))
+      num.append(out)
+    elif kind in ("agg_cat", "agg_num", "width"):
+      keys, queries = rng.choice(cat), pick(cat)
+      sel = rasp.Select(keys, queries, rng.choice(_CMPS)).named(
+          name("sel", i))
+      if kind == "width":
+        out = rasp.SelectorWidth(sel)
+        if rng.random() < 0.3:
+          out = rasp.numerical(out).named(name("width", i))
+          num.append(out)
+        else:
+          out = out.named(name("width", i))
+          cat.append(out)
+      elif kind == "agg_cat":
+        out = rasp.Aggregate(sel, pick(cat)).named(name("agg", i))
+        cat.append(out)
+      else:
+        # Mostly binary values (supported); sometimes non-binary (unsupported).
+        src = pick(binary) if (not num or rng.random() < 0.85) else pick(num)
+        out = rasp.numerical(rasp.Aggregate(sel, src, default=0)).named(
+            name("mean", i))
+        num.append(out)
+    last = out
+  return last
+
+
+RANDOM_CASES = {
+    f"random_{s}": Case(f"random_{s}", functools.partial(random_program, s),
+                        RANDOM_VOCAB, RANDOM_MAX_SEQ_LEN)
+    for s in range(N_RANDOM)
+}
+ALL_CASES = {**LIB_CASES, **RANDOM_CASES}
+
+
+# ---------------------------------------------------------------------------
+# Session-wide memo of programs and stock compiles.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StockResult:
+  program: rasp.SOp
+  model: CompiledModel | None
+  assembled: Any  # tracr AssembledTransformerModel, or None on failure
+  error: BaseException | None
+
+
+@functools.cache
+def program_for(name: str) -> rasp.SOp:
+  """The single program object for a case (labels are fixed on first use)."""
+  return ALL_CASES[name].build()
+
+
+def compile_kwargs(case: Case) -> dict:
+  return dict(causal=case.causal)
+
+
+@functools.cache
+def stock_reference(name: str) -> StockResult:
+  """Stock-compiles a case once per session."""
+  case = ALL_CASES[name]
+  program = program_for(name)
+  try:
+    model, assembled = compile_program_stock(program, set(case.vocab),
+                                             case.max_seq_len,
+                                             return_assembled=True,
+                                             **compile_kwargs(case))
+  except Exception as e:  # pylint: disable=broad-except
+    return StockResult(program, None, None, e)
+  return StockResult(program, model, assembled, None)
+
+
+def fast_compile(name: str) -> CompiledModel:
+  case = ALL_CASES[name]
+  return compile_program(program_for(name), set(case.vocab), case.max_seq_len,
+                         **compile_kwargs(case))
+
+
+# ---------------------------------------------------------------------------
+# Bitwise equality.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(LIB_CASES))
+def test_lib_program_bitwise_equal(name):
+  ref = stock_reference(name)
+  assert ref.error is None, f"stock failed on lib program {name}: {ref.error!r}"
+  fast = fast_compile(name)
+  assert model_differences(fast, ref.model) == []
+  assert models_bitwise_equal(fast, ref.model)
+  assert fast.causal == ALL_CASES[name].causal
+
+
+def test_random_programs_bitwise_equal():
+  n_ok = n_fail = 0
+  for name in RANDOM_CASES:
+    ref = stock_reference(name)
+    if ref.error is not None:
+      with pytest.raises(type(ref.error)):
+        fast_compile(name)
+      n_fail += 1
+      continue
+    fast = fast_compile(name)
+    assert model_differences(fast, ref.model) == [], name
+    n_ok += 1
+  # The generator must mostly produce compilable programs.
+  assert n_ok >= 20, (n_ok, n_fail)
+
+
+def test_random_programs_cover_all_features():
+  kinds = set()
+  for name in RANDOM_CASES:
+    stack = [program_for(name)]
+    while stack:
+      e = stack.pop()
+      kinds.add((type(e).__name__,
+                 rasp.get_encoding(e).value if isinstance(e, rasp.SOp)
+                 else None))
+      stack.extend(e.children)
+  names = {k for k, _ in kinds}
+  for needed in ("Map", "SequenceMap", "LinearSequenceMap", "Select",
+                 "Aggregate", "SelectorWidth"):
+    assert needed in names, (needed, kinds)
+  assert ("Aggregate", "numerical") in kinds
+  assert ("Aggregate", "categorical") in kinds
+  assert ("Map", "numerical") in kinds
+
+
+def test_compile_is_deterministic_and_does_not_mutate_program():
+  # The fast compile before and after a stock compile of the same object,
+  # and a second fast compile, must all agree.
+  name = "sort_freq"
+  case = LIB_CASES[name]
+  program = program_for(name)
+  labels_before = _labels(program)
+  first = compile_program(program, set(case.vocab), case.max_seq_len)
+  ref = stock_reference(name)
+  second = compile_program(program, set(case.vocab), case.max_seq_len)
+  assert models_bitwise_equal(first, second)
+  assert models_bitwise_equal(first, ref.model)
+  assert _labels(program) == labels_before
+
+
+def _labels(program):
+  out, stack = [], [program]
+  while stack:
+    e = stack.pop()
+    out.append(e.label)
+    stack.extend(e.children)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Failure modes (fast must fail exactly where stock fails).
+# ---------------------------------------------------------------------------
+
+
+def _both_raise(program, vocab, max_seq_len, exc, match=None, **kw):
+  with pytest.raises(exc, match=match):
+    compile_program(program, vocab, max_seq_len, **kw)
+  with pytest.raises(exc, match=match):
+    compile_program_stock(program, vocab, max_seq_len, **kw)
+
+
+def test_bos_or_pad_in_vocab_raises():
+  prog = lib.make_hist()
+  _both_raise(prog, {"a", "compiler_bos"}, 4, ValueError, "BOS")
+  _both_raise(prog, {"a", "compiler_pad"}, 4, ValueError, "PAD")
+  _both_raise(prog, {"a", "x"}, 4, ValueError, "BOS", compiler_bos="x")
+
+
+def test_unsupported_program_raises():
+  num = rasp.numerical(rasp.Map(lambda x: x, rasp.tokens))
+  prog = rasp.Aggregate(rasp.Select(num, num, rasp.Comparison.EQ),
+                        rasp.tokens)
+  _both_raise(prog, {1, 2}, 4, NotImplementedError, "Unsupported RASP")
+
+
+def test_program_without_tokens_raises():
+  prog = rasp.Map(lambda x: x + 1, rasp.indices)
+  _both_raise(prog, {1, 2}, 3, ValueError, "rasp.tokens")
+
+
+def test_program_without_blocks_raises():
+  _both_raise(rasp.tokens, {1, 2}, 3, ValueError)
+
+
+def test_value_size_larger_than_key_size_raises():
+  # A categorical Aggregate whose value space (10 token values) is larger than
+  # any W_QK dimension (query/key spaces over 3 indices): stock tracr fails in
+  # assemble.py with a NumPy broadcasting ValueError after haiku init.
+  prog = rasp.Aggregate(
+      rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.EQ),
+      rasp.tokens)
+  with pytest.raises(ValueError, match="value size"):
+    compile_program(prog, set(range(10)), 3)
+  with pytest.raises(ValueError, match="broadcast"):
+    compile_program_stock(prog, set(range(10)), 3)
+
+
+# ---------------------------------------------------------------------------
+# Container helpers.
+# ---------------------------------------------------------------------------
+
+
+def test_layout_and_flat():
+  m = fast_compile("sort_freq")
+  layout = m.layout()
+  names = [e["name"] for e in layout]
+  assert names[:2] == ["token_embed/embeddings", "pos_embed/embeddings"]
+  expected_layer = [
+      f"transformer/layer_0/{s}/{p}"
+      for s in ("attn/query", "attn/key", "attn/value", "attn/linear",
+                "mlp/linear_1", "mlp/linear_2") for p in ("w", "b")
+  ]
+  assert names[2:14] == expected_layer
+  assert len(names) == 2 + 12 * m.num_layers
+  assert len(set(names)) == len(names)
+  assert {e["type"] for e in layout} == {"embed", "attn", "mlp"}
+  assert [e["layer"] for e in layout[:2]] == [-1, -1]
+  assert layout[-1]["layer"] == m.num_layers - 1
+  flat = m.flat()
+  assert flat.dtype == np.float32 and flat.ndim == 1
+  assert flat.size == sum(e["size"] for e in layout) == m.num_params
+  for e in layout:
+    arr = m.params[e["module"]][e["param"]]
+    assert list(arr.shape) == e["shape"]
+    np.testing.assert_array_equal(
+        flat[e["offset"]:e["offset"] + e["size"]], arr.reshape(-1))
+  # Layout and flat agree between stock and fast.
+  ref = stock_reference("sort_freq").model
+  assert ref.layout() == layout
+  assert ref.flat().tobytes() == flat.tobytes()
+  # dtypes / shapes of the haiku parameter tree.
+  for mod, d in m.params.items():
+    for p, a in d.items():
+      assert a.dtype == np.float32, (mod, p)
+  d_model = m.residual_size
+  assert m.params["token_embed"]["embeddings"].shape == (m.vocab_size,
+                                                         d_model)
+  assert m.params["pos_embed"]["embeddings"].shape == (6, d_model)
+  assert m.max_seq_len == 5
+
+
+def test_unembed_matrix_is_projection_onto_output_space():
+  for name in ("sort_freq", "frac_prevs"):
+    m = fast_compile(name)
+    u = m.unembed_matrix()
+    assert u.shape == (m.residual_size, len(m.unembed_indices))
+    assert [m.residual_labels[i] for i in m.unembed_indices] == m.output_labels
+    if m.categorical_output:
+      assert len(m.output_values) == u.shape[1]
+    else:
+      assert m.output_values is None and u.shape[1] == 1
+
+
+@pytest.mark.parametrize("name", ["sort_freq", "frac_prevs", "detect_pattern"])
+def test_npz_round_trip(name, tmp_path):
+  m = fast_compile(name)
+  d = m.to_npz_dict()
+  assert d["meta_json"].shape == () and d["meta_json"].dtype.kind == "U"
+  json.loads(str(d["meta_json"]))
+  path = tmp_path / "m.npz"
+  np.savez(path, **d)
+  with np.load(path, allow_pickle=False) as z:
+    back = CompiledModel.from_npz_dict(z)
+  assert model_differences(m, back) == []
+  assert [type(v) for v in back.input_tokens] == [
+      type(v) for v in m.input_tokens]
+  if m.output_values is not None:
+    assert [type(v) for v in back.output_values] == [
+        type(v) for v in m.output_values]
+  # Also via to_arrays / from_arrays and an in-memory buffer.
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **m.to_npz_dict())
+  buf.seek(0)
+  back2 = CompiledModel.from_npz_dict(np.load(buf, allow_pickle=False))
+  assert models_bitwise_equal(m, back2)
+  back3 = CompiledModel.from_arrays(m.to_arrays(), m.metadata())
+  assert models_bitwise_equal(m, back3)
+
+
+def test_value_types_survive_json():
+  from metamodels.compiler import decode_value, encode_value
+  values = [1, True, False, 0, 1.0, -2.5, "1", "compiler_bos", None, (1, "a"),
+            float("inf"), np.int64(3), np.float32(0.5)]
+  enc = json.loads(json.dumps([encode_value(v) for v in values]))
+  dec = [decode_value(v) for v in enc]
+  assert [type(v) for v in dec] == [type(v) for v in values]
+  assert dec == values
