@@ -13,5 +13,6 @@ include: "rules/zoo.smk"
 
 rule all:
     input:
-        dataset_outputs(),
+        dataset_shards(),
+        "data/dataset/summary.json",
     default_target: True

@@ -9,7 +9,6 @@ configfile: "params.yaml"
 # Fail at once, naming the key, before any job is scheduled.
 params_schema.validate(config, "params (params.yaml + --config/--configfile)")
 
-PY = "python -m metamodels"
 SHARDS = [f"{k:05d}" for k in range(config["zoo"]["shards"])]
 
 
@@ -23,9 +22,9 @@ def section_params(**wanted):
     return params_schema.sections(config, **wanted)
 
 
-def dataset_outputs():
+def dataset_shards():
     return [
         f"data/dataset/{split}/shard_{j:03d}.npz"
         for split, n in config["dataset"]["shards"].items()
         for j in range(n)
-    ] + ["data/dataset/summary.json"]
+    ]

@@ -1,17 +1,21 @@
 # Program zoo: sample RASP programs, compile them with tracr, verify, split.
 
+import os
+
 
 rule vocab:
     output:
         "data/vocab.json",
     params:
         cfg=section_params(sampler=["map_constants", "max_length"]),
+    conda:
+        "../envs/metamodels.yaml"
     log:
         "logs/vocab.log",
     benchmark:
         "logs/benchmarks/vocab.tsv"
     shell:
-        "{PY} vocab --config {params.cfg:q} --out {output} 2> {log}"
+        "python -m metamodels vocab --config {params.cfg:q} --out {output} 2> {log}"
 
 
 rule sample:
@@ -19,12 +23,14 @@ rule sample:
         "data/programs/shard_{shard}.json",
     params:
         cfg=section_params(zoo=True, sampler=True, verify=["exhaustive_limit", "samples"]),
+    conda:
+        "../envs/metamodels.yaml"
     log:
         "logs/sample/shard_{shard}.log",
     benchmark:
         "logs/benchmarks/sample/shard_{shard}.tsv"
     shell:
-        "{PY} sample --config {params.cfg:q} --shard {wildcards.shard} --out {output} 2> {log}"
+        "python -m metamodels sample --config {params.cfg:q} --shard {wildcards.shard} --out {output} 2> {log}"
 
 
 rule compile_shard:
@@ -40,13 +46,15 @@ rule compile_shard:
             compile=True,
             verify=True,
         ),
+    conda:
+        "../envs/metamodels.yaml"
     log:
         stderr="logs/compile/shard_{shard}.log",
         timing="logs/compile/shard_{shard}.timing.json",
     benchmark:
         "logs/benchmarks/compile/shard_{shard}.tsv"
     shell:
-        "{PY} compile-shard --config {params.cfg:q} --programs {input.programs}"
+        "python -m metamodels compile-shard --config {params.cfg:q} --programs {input.programs}"
         " --vocab {input.vocab} --out {output} --timing {log.timing} 2> {log.stderr}"
 
 
@@ -55,18 +63,21 @@ rule split:
         shards=expand("data/compiled/shard_{shard}.npz", shard=SHARDS),
         vocab="data/vocab.json",
     output:
-        dataset_outputs(),
+        shards=dataset_shards(),
+        summary="data/dataset/summary.json",
     params:
         cfg=section_params(
             zoo=["vocab", "max_seq_len"],
             sampler=["map_constants", "max_length"],
             dataset=True,
         ),
-        outdir="data/dataset",
+        outdir=lambda wildcards, output: os.path.dirname(output.summary),
+    conda:
+        "../envs/metamodels.yaml"
     log:
         "logs/split.log",
     benchmark:
         "logs/benchmarks/split.tsv"
     shell:
-        "{PY} split --config {params.cfg:q} --inputs {input.shards} --vocab {input.vocab}"
+        "python -m metamodels split --config {params.cfg:q} --inputs {input.shards} --vocab {input.vocab}"
         " --outdir {params.outdir} 2> {log}"

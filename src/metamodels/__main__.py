@@ -73,6 +73,13 @@ def cmd_show(args) -> None:
     print(json.dumps(meta, indent=1))
 
 
+def cmd_dvc_yaml(args) -> None:
+    from metamodels import versioning
+    extra = ["--configfile", args.configfile] if args.configfile else []
+    versioning.write(args.out, ".", extra)
+    print(f"[dvc-yaml] wrote {args.out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metamodels", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -113,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--vocab", help="vocab.json, to print tokens")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake DAG")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--configfile", help="params file the DAG is built from (default params.yaml)")
+    p.set_defaults(func=cmd_dvc_yaml)
 
     args = ap.parse_args(argv)
     try:

@@ -33,9 +33,10 @@ Value identity: table entries are deduplicated by ``(type, value)`` (floats
 by their exact bits), so ``1``, ``1.0`` and ``True`` stay distinct and
 ``-0.0`` stays distinct from ``0.0``.
 
-Errors: with ``errors="raise"`` (default) the first failing user function /
-predicate / aggregation re-raises its exception (same type as
-``rasp.evaluate`` would raise for the failing input).  With ``errors="mask"``
+Errors: with ``errors="raise"`` (default) the batch raises iff
+``rasp.evaluate`` raises on at least one of its inputs: the first failing user
+function / predicate / aggregation (in this evaluator's order) re-raises its
+own exception, e.g. ``ValueError("key is None!")`` from a ``Comparison``.  With ``errors="mask"``
 nothing is raised; instead ``EvalResult.error_rows`` marks exactly the inputs
 on which ``rasp.evaluate`` raises.
 """
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 from tracr.rasp import rasp
@@ -67,7 +68,6 @@ except ImportError:  # pragma: no cover - older/newer tracr
 
 __all__ = [
     "EvalResult",
-    "EvalError",
     "evaluate_batch",
     "evaluate_many",
     "all_inputs",
@@ -86,10 +86,6 @@ _FAST_INT_LIMIT = 1 << 53
 # replicates); 3.12+ uses compensated summation, then floats take the generic
 # path (tracr's own _mean).
 _PLAIN_FLOAT_SUM = sum([1e16, 1.0, -1e16]) == 0.0
-
-
-class EvalError(ValueError):
-  """Raised for inputs on which rasp.evaluate itself would fail structurally."""
 
 
 # --------------------------------------------------------------------------

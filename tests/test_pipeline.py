@@ -1,0 +1,178 @@
+"""The Snakemake + DVC pipeline on a tiny configuration, end to end.
+
+Covers: params validated before any job; only what depends on an edit reruns;
+bitwise-identical outputs for --cores 1 and --cores 2; the
+`dvc push` / fresh clone / `dvc pull` / nothing-to-do round trip; `snakemake
+--lint`; dvc.yaml agreeing with the Snakefile.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
+
+
+def tiny_params() -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["zoo"].update(vocab=[1, 2, 3, 4], max_seq_len=4, shards=2, programs_per_shard=8)
+    p["dataset"]["shards"] = {"train": 2, "val": 1, "test": 1}
+    return p
+
+
+def run(args, cwd, check=True) -> subprocess.CompletedProcess:
+    res = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def workspace(dest: pathlib.Path, params: dict) -> pathlib.Path:
+    """A git checkout of the project's files (as in the working tree) with `params`."""
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "commit", "-qm", "ws"], dest)
+    return dest
+
+
+def snakemake(cwd, *args, check=True):
+    return run([str(BIN / "snakemake"), *args], cwd, check=check)
+
+
+def planned_jobs(cwd) -> dict[str, int]:
+    """Rule -> job count of a dry run ({} when nothing is to be done)."""
+    out = snakemake(cwd, "-n", "--quiet", "rules").stdout
+    jobs, on = {}, False
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            on = True
+        elif on and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return {k: v for k, v in jobs.items() if k != "all"}
+
+
+def data_files(ws: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(ws)): p.read_bytes() for p in sorted((ws / "data").rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    ws = workspace(tmp_path_factory.mktemp("ws2"), tiny_params())
+    snakemake(ws, "--cores", "2", "--quiet")
+    return ws
+
+
+def test_lint_is_clean():
+    out = snakemake(ROOT, "--lint")
+    assert "Lints for" not in out.stdout + out.stderr, out.stdout
+
+
+def test_dvc_yaml_is_generated_from_the_snakefile(tmp_path):
+    from metamodels import versioning
+    committed = (ROOT / "dvc.yaml").read_text()
+    assert committed == versioning.dvc_yaml(versioning.snakemake_jobs(ROOT)), \
+        "dvc.yaml is stale: run `python -m metamodels dvc-yaml`"
+    stages = yaml.safe_load(committed)["stages"]
+    n = yaml.safe_load((ROOT / "params.yaml").read_text())["zoo"]["shards"]
+    assert sum(name.startswith("compile_shard_") for name in stages) == n
+
+
+@pytest.mark.parametrize("section,key,value,needle", [
+    ("zoo", "vocabulary", [1, 2], "zoo.vocabulary"),           # unknown key
+    ("zoo", "max_seq_len", "five", "zoo.max_seq_len"),         # wrong type
+    ("verify", "samples", 10, "verify.samples"),               # out of range
+    ("sampler", "min_length", 9, "sampler.min_length"),        # cross-field
+])
+def test_bad_params_fail_before_any_job(tmp_path, section, key, value, needle):
+    p = tiny_params()
+    p[section][key] = value
+    ws = workspace(tmp_path, p)
+    res = snakemake(ws, "-n", check=False)
+    assert res.returncode != 0
+    assert needle in res.stdout + res.stderr
+    assert not (ws / "data").exists()
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda p: p["dataset"]["split"].update(train=0.7, val=0.2), {"split": 1}),
+    (lambda p: p["dataset"]["shards"].update(train=3), {"split": 1}),
+    (lambda p: p["compile"].update(timeout_s=61), {"compile_shard": 2, "split": 1}),
+    (lambda p: p["zoo"].update(seed=1), {"sample": 2, "compile_shard": 2, "split": 1}),
+    (lambda p: p["sampler"].update(max_length=7),
+     {"vocab": 1, "sample": 2, "compile_shard": 2, "split": 1}),
+])
+def test_only_what_depends_on_an_edit_reruns(built, edit, expected):
+    assert planned_jobs(built) == {}
+    original = (built / "params.yaml").read_text()
+    p = yaml.safe_load(original)
+    edit(p)
+    try:
+        (built / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        assert planned_jobs(built) == expected
+    finally:
+        (built / "params.yaml").write_text(original)
+
+
+def test_outputs_identical_whatever_cores(built, tmp_path):
+    ws1 = workspace(tmp_path, tiny_params())
+    snakemake(ws1, "--cores", "1", "--quiet")
+    a, b = data_files(built), data_files(ws1)
+    assert set(a) == set(b) and len(a) >= 10
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_interrupted_run_resumes(built, tmp_path):
+    ws = workspace(tmp_path, tiny_params())
+    for f, content in data_files(built).items():
+        if not f.startswith("data/dataset"):
+            (ws / f).parent.mkdir(parents=True, exist_ok=True)
+            (ws / f).write_bytes(content)
+    (ws / "data/compiled/shard_00001.npz").unlink()  # as if killed while compiling
+    snakemake(ws, "data/compiled/shard_00000.npz", "--touch", "--cores", "1", "--quiet")
+    assert planned_jobs(ws) == {"compile_shard": 1, "split": 1}
+    snakemake(ws, "--cores", "2", "--quiet")
+    assert data_files(ws) == data_files(built)
+
+
+def test_dvc_push_clone_pull_round_trip(built, tmp_path):
+    remote = tmp_path / "remote"
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(remote)], built)
+    run(["bash", "scripts/push.sh"], built)
+    lock = yaml.safe_load((built / "dvc.lock").read_text())
+    assert {s for s in lock["stages"]} == set(yaml.safe_load((built / "dvc.yaml").read_text())["stages"])
+    assert all(o.get("md5") for s in lock["stages"].values() for o in s["outs"])
+    run(["git", "add", "dvc.yaml", "dvc.lock"], built)
+    run(["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "commit", "-qm", "data"], built)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
+    assert not (clone / "data").exists() and not (clone / ".snakemake").exists()
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(remote)], clone)
+    (clone / ".venv").symlink_to(BIN.parent)  # scripts use .venv/bin
+    run(["bash", "scripts/pull.sh"], clone)
+    assert data_files(clone) == data_files(built)
+    assert planned_jobs(clone) == {}
+    out = snakemake(clone, "-n").stdout
+    assert "Nothing to be done" in out
