@@ -86,7 +86,8 @@ def construct(rng: np.random.Generator, cfg: SamplerConfig, tables: L.Tables,
 
     Returns the program and how many of its lambdas/predicates were rewritten
     to their behaviour-class representative. Raises _DeadEnd when stuck.
-    Variables that take the value None somewhere on `inputs` (a categorical
+    The first op reads ``tokens`` (tracr needs it; all ops are ancestors of
+    the output). Variables that take the value None somewhere on `inputs` (a categorical
     Aggregate that selects nothing, and what is computed from it) are kept out
     of Selects, where rasp cannot compare None. With ``canonical_fns=False``
     ops keep the lambda they were drawn with (for testing canonicalisation).
@@ -109,6 +110,8 @@ def construct(rng: np.random.Generator, cfg: SamplerConfig, tables: L.Tables,
             kind = _pick(rng, kinds, kind_w)
             op = _propose(rng, cfg, tables, kind, f"t{k}", order, enc, vs, unused, must,
                           has_none)
+            if op is not None and k == 0 and "tokens" not in op.args:
+                continue  # tracr compiles only programs that read tokens
             if op is None:
                 continue
             canon = _canonical_op(op, vs, tables) if canonical_fns else op

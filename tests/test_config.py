@@ -1,0 +1,57 @@
+"""params.yaml validation: bad keys, types and ranges fail with the key named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metamodels import config
+
+
+def test_default_params_are_valid(default_params):
+    config.validate(default_params)
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("zoo", "seeed"), 1, "unknown key 'zoo.seeed'"),
+    (("zoo", "max_seq_len"), 0, "'zoo.max_seq_len'"),
+    (("zoo", "vocab"), [1, 1], "'zoo.vocab'"),
+    (("sampler", "p_numerical"), 1.5, "'sampler.p_numerical'"),
+    (("sampler", "op_weights"), {"Map": 1}, "'sampler.op_weights"),
+    (("compile", "timeout_s"), "60", "'compile.timeout_s'"),
+    (("dataset", "split"), {"train": 0.5, "val": 0.1, "test": 0.1}, "'dataset.split' fractions"),
+    (("extra",), {}, "unknown key 'extra'"),
+])
+def test_invalid_params_name_the_key(params, path, value, needle):
+    target = params
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(config.ParamsError) as e:
+        config.validate(params)
+    assert needle in str(e.value)
+
+
+def test_missing_key_is_named(params):
+    del params["verify"]["atol"]
+    with pytest.raises(config.ParamsError, match="missing key 'verify.atol'"):
+        config.validate(params)
+
+
+def test_sections_and_partial_validation(params):
+    text = config.sections(params, zoo=["seed"], verify=True)
+    assert json.loads(text) == {"zoo": {"seed": params["zoo"]["seed"]}, "verify": params["verify"]}
+    config.validate_partial(json.loads(text))
+    with pytest.raises(config.ParamsError, match="'zoo.seed'"):
+        config.validate_partial({"zoo": {"seed": -1}})
+    with pytest.raises(config.ParamsError, match="unknown key 'zoo.sed'"):
+        config.validate_partial({"zoo": {"sed": 1}})
+
+
+def test_cli_reports_bad_params(tmp_path, capsys):
+    from metamodels.__main__ import main
+    bad = tmp_path / "p.yaml"
+    bad.write_text("zoo: {seed: 0}\n")
+    assert main(["check-params", "--params", str(bad)]) == 2
+    assert "missing key" in capsys.readouterr().err
