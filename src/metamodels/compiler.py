@@ -43,6 +43,8 @@ __all__ = [
     "CompiledModel",
     "compile_program",
     "compile_program_stock",
+    "from_assembled",
+    "model_differences",
     "models_bitwise_equal",
     "param_order",
     "encode_value",
@@ -419,6 +421,14 @@ def _assemble(craft_model, tokens_space, indices_space, output_space,
                                             output_space)
   residual_labels = [str(d) for d in residual_space.basis]
   d_model = residual_space.num_dims
+
+  if categorical_output and output_space.num_dims == 0:
+    # Stock runs the whole model once inside haiku's init; the categorical
+    # unembedding takes an argmax over the (empty) output space and fails.
+    raise ValueError(
+        "attempt to get argmax of an empty sequence: the program's "
+        "categorical output has no possible values (empty output space), so "
+        "tracr cannot build its unembedding.")
 
   # --- embeddings (hk.Embed stores jnp.asarray(float64 matrix) -> float32).
   tokens_to_res = vectorspace_fns.project(tokens_space, residual_space)

@@ -125,6 +125,8 @@ def forward_ids(model: CompiledModel, ids: np.ndarray,
   ``model.output_values`` for categorical models, [B, T] floats for numerical
   ones (in ``dtype``).
   """
+  if not model.unembed_indices:
+    raise ValueError("model has no unembedding (unembed_indices is empty)")
   x = forward_residuals(model, ids, dtype)[-1]
   out = x[..., model.unembed_indices]  # == x @ model.unembed_matrix()
   if model.categorical_output:
