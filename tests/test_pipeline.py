@@ -77,7 +77,7 @@ def data_files(ws: pathlib.Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def built(tmp_path_factory):
     ws = workspace(tmp_path_factory.mktemp("ws2"), tiny_params())
     snakemake(ws, "--cores", "2", "--quiet")

@@ -11,7 +11,8 @@ from metamodels import evaluator as E
 from metamodels import lambdas as L
 from metamodels import shards as S
 from metamodels import zoo
-from metamodels.compiler import compile_program
+from metamodels.compiler import compile_program, compile_program_stock, model_differences
+from metamodels.sampler import SamplerConfig, sample_shard
 from metamodels.program import Op, Program, render, to_rasp
 from metamodels.tokenizer import Vocab, decode
 
@@ -100,3 +101,15 @@ def test_weights_do_not_depend_on_process_history(default_params):
         to_rasp(p, tables).label
     second = compile_program(to_rasp(p, tables), {1, 2, 3, 4, 5}, 5).flat()
     assert first.tobytes() == second.tobytes()
+
+
+def test_sampled_programs_compile_bitwise_equal_to_stock(default_params):
+    """The fast path on >= 20 programs from the project's own sampler (default params)."""
+    cfg = SamplerConfig.from_params(default_params)
+    tables = L.Tables(cfg.map_constants)
+    sampled, _ = sample_shard(cfg, seed=2024, shard=0, n_programs=20)
+    for s in sampled:
+        expr = to_rasp(s.program, tables)
+        fast = compile_program(expr, set(cfg.vocab), cfg.max_seq_len)
+        stock = compile_program_stock(expr, set(cfg.vocab), cfg.max_seq_len)
+        assert model_differences(fast, stock) == [], render(s.program, tables)
