@@ -57,7 +57,7 @@ def test_sampled_shard_obeys_its_filters(default_params):
         outs = [E.evaluate_batch(expr, x) for x in inputs]  # never raises
         assert E.none_fraction(outs) <= cfg.max_none_fraction
         assert abs(E.none_fraction(outs) - s.none_fraction) < 1e-12
-        values = {L._key(v) for r in outs for row in r.to_lists() for v in row if v is not None}
+        values = {L.value_key(v) for r in outs for row in r.to_lists() for v in row if v is not None}
         assert len(values) > 1  # not constant
         assert not all(r.to_lists() == x.tolist() for r, x in zip(outs, inputs))  # not identity
         assert any("tokens" in op.args for op in p.ops)

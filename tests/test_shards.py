@@ -14,6 +14,7 @@ def test_npz_bytes_are_deterministic_and_loadable_without_pickle(tmp_path):
     S.save_npz(tmp_path / "one.npz", arrays)
     S.save_npz(tmp_path / "two.npz", arrays)
     assert (tmp_path / "one.npz").read_bytes() == (tmp_path / "two.npz").read_bytes()
+    assert (tmp_path / "one.npz").stat().st_mode & 0o044 == 0o044  # readable by others
     with np.load(tmp_path / "one.npz", allow_pickle=False) as z:
         assert z["a"].tolist() == list(range(10))
         assert z["s"].tolist() == ["x", "yz"]

@@ -26,6 +26,7 @@ import itertools
 import operator
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 from tracr.rasp import rasp
 
 # ---------------------------------------------------------------------------
@@ -171,15 +172,32 @@ def _behaviour(fn: Callable, points: Iterable[tuple]) -> tuple:
     out = []
     for p in points:
         ok, v = _safe(fn, *p)
-        out.append((ok, _key(v)))
+        out.append((ok, value_key(v)))
     return tuple(out)
 
 
-def _key(v: Any) -> Any:
-    """A hashable key under which == values coincide (True == 1 == 1.0)."""
+def value_key(v: Any) -> Any:
+    """A hashable key under which == values coincide (True == 1 == 1.0).
+
+    rasp and tracr compare values with ==, so 0, 0.0 and False are one value
+    for every check here (the evaluator keeps them apart as Python objects).
+    """
     if isinstance(v, (bool, int, float)):
         return ("n", float(v))
     return ("o", v)
+
+
+def key_ids(values: Sequence[Any], codes: np.ndarray, index: dict) -> np.ndarray:
+    """Map evaluator codes (-1 = None) to ids of their value_key in `index`.
+
+    `index` (value_key -> id) is shared between the arrays being compared and
+    grows as new values appear; None stays -1.
+    """
+    lut = np.empty(len(values) + 1, dtype=np.int64)
+    for i, v in enumerate(values):
+        lut[i] = index.setdefault(value_key(v), len(index))
+    lut[-1] = -1
+    return lut[codes]
 
 
 def sorted_values(values: Iterable[Any]) -> list[Any]:
@@ -189,7 +207,7 @@ def sorted_values(values: Iterable[Any]) -> list[Any]:
 
 
 def _vkey(values: Iterable[Any]) -> frozenset:
-    return frozenset((_key(v), type(v).__name__) for v in values)
+    return frozenset((value_key(v), type(v).__name__) for v in values)
 
 
 def canonical_map(tables: Tables, token: str, in_values: Iterable[Any]) -> str:
@@ -261,7 +279,7 @@ def match_predicate(fn, key_values, query_values) -> str | None:
     """The canonical predicate behaving like `fn(key, query)` on the value sets, or None."""
     pts = list(itertools.product(sorted_values(key_values), sorted_values(query_values)))
     try:
-        target = tuple((ok, _key(bool(v)) if ok else None)
+        target = tuple((ok, value_key(bool(v)) if ok else None)
                        for ok, v in (_safe(fn, *p) for p in pts))
     except Exception:  # noqa: BLE001
         return None

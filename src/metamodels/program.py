@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from tracr.rasp import rasp
 

@@ -27,7 +27,7 @@ import bisect
 import collections
 import dataclasses
 import itertools
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from tracr.compiler import validating
@@ -153,12 +153,12 @@ def _is_projection(op: Op, vs: Mapping[str, set], tables: L.Tables) -> bool:
     """True if the op returns one of its operands unchanged on every value reaching it."""
     if op.kind == "Map":
         fn = tables.map_by_token[op.fn].fn
-        return all(L._key(fn(x)) == L._key(x) for x in vs[op.args[0]])
+        return all(L.value_key(fn(x)) == L.value_key(x) for x in vs[op.args[0]])
     if op.kind == "SequenceMap":
         fn = tables.sequence_map_by_token[op.fn].fn
         pairs = list(itertools.product(vs[op.args[0]], vs[op.args[1]]))
-        return (all(L._key(fn(x, y)) == L._key(x) for x, y in pairs)
-                or all(L._key(fn(x, y)) == L._key(y) for x, y in pairs))
+        return (all(L.value_key(fn(x, y)) == L.value_key(x) for x, y in pairs)
+                or all(L.value_key(fn(x, y)) == L.value_key(y) for x, y in pairs))
     return False
 
 
@@ -296,7 +296,7 @@ def check_program(program: Program, tables: L.Tables, cfg: SamplerConfig,
     observed = set()
     for r in results:
         used = np.unique(r.codes[r.codes >= 0])
-        observed.update(L._key(r.values[i]) for i in used)
+        observed.update(L.value_key(r.values[i]) for i in used)
     if len(observed) <= 1:
         return "constant", facts
     if all(_equals_tokens(r, x) for r, x in zip(results, inputs)):
@@ -312,31 +312,30 @@ def _equals_tokens(r, x: np.ndarray) -> bool:
     return r.to_lists() == x.tolist()
 
 
-def _codes_of(program: Program, name: str, tables: L.Tables, x: np.ndarray):
-    """(codes [B, L], value table) of variable `name` on inputs `x`."""
+def _key_ids_of(program: Program, name: str, tables: L.Tables, x: np.ndarray,
+                index: dict) -> np.ndarray:
+    """Value-key ids [B, L] of variable `name` on inputs `x` (-1 = None)."""
     if name == "tokens":
-        values = sorted(set(x.ravel().tolist()), key=L._key)
-        index = {L._key(v): i for i, v in enumerate(values)}
-        return np.vectorize(lambda v: index[L._key(v)], otypes=[np.int32])(x), values
+        return L.key_ids(x.ravel().tolist(), np.arange(x.size).reshape(x.shape), index)
     if name == "indices":
-        return np.broadcast_to(np.arange(x.shape[1], dtype=np.int32), x.shape), list(range(x.shape[1]))
+        pos = np.broadcast_to(np.arange(x.shape[1]), x.shape)
+        return L.key_ids(list(range(x.shape[1])), pos, index)
     r = E.evaluate_batch(to_rasp(subprogram(program, name), tables), x)
-    return r.codes, r.values
+    return L.key_ids(r.values, r.codes, index)
 
 
 def _aggregate_moves_values(program: Program, op: Op, tables: L.Tables, inputs) -> bool:
     """tracr's dynamic validator: a categorical Aggregate only moves values.
 
     Where its selector is wider than one and values differ, rasp averages them
-    but the compiled attention cannot; tracr flags outputs outside the inputs.
+    but the compiled attention cannot; tracr flags outputs outside the inputs
+    (compared with ==, as tracr's set check does).
     """
     for x in inputs:
-        out, out_values = _codes_of(program, op.name, tables, x)
-        inn, inn_values = _codes_of(program, op.args[2], tables, x)
-        index = {L._key(v): i for i, v in enumerate(inn_values)}
-        lut = np.array([index.get(L._key(v), -2) for v in out_values] + [-1], dtype=np.int64)
-        mapped = lut[out]  # out code -1 (None) indexes the trailing -1
-        present = (mapped[:, :, None] == inn[:, None, :]).any(axis=-1)
+        index: dict = {}
+        out = _key_ids_of(program, op.name, tables, x, index)
+        inn = _key_ids_of(program, op.args[2], tables, x, index)
+        present = (out[:, :, None] == inn[:, None, :]).any(axis=-1)
         if not (present | (out < 0)).all():
             return False
     return True

@@ -99,9 +99,10 @@ def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) ->
         out = forward_ids(model, ids)[:, 1:]
         none = ref.codes < 0
         if model.categorical_output:
-            index = {L._key(v): i for i, v in enumerate(ref.values)}
-            lut = np.array([index.get(L._key(v), -2) for v in model.output_values], np.int64)
-            bad = (lut[out] != ref.codes) & ~none
+            index: dict = {}  # compare by ==, as rasp does (0 == 0.0 == False)
+            want = L.key_ids(ref.values, ref.codes, index)
+            got = L.key_ids(model.output_values, out, index)
+            bad = (got != want) & ~none
         else:
             table = np.array([float(v) for v in ref.values] + [np.nan], dtype=np.float64)
             want = table[ref.codes]
@@ -120,8 +121,8 @@ def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) ->
 
 
 def _encode_batch(model: CompiledModel, x: np.ndarray) -> np.ndarray:
-    index = {L._key(v): i for i, v in enumerate(model.input_tokens)}
-    flat = [index[L._key(v)] for v in x.ravel().tolist()]
+    index = {L.value_key(v): i for i, v in enumerate(model.input_tokens)}
+    flat = [index[L.value_key(v)] for v in x.ravel().tolist()]
     ids = np.empty((x.shape[0], x.shape[1] + 1), np.int64)
     ids[:, 0] = model.input_tokens.index(model.bos_token)
     ids[:, 1:] = np.asarray(flat, np.int64).reshape(x.shape)
