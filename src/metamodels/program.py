@@ -367,6 +367,12 @@ def _commutative(op: Op, tables: L.Tables) -> bool:
     return op.kind == "SequenceMap" and tables.sequence_map_by_token[op.fn].commutative
 
 
+def op_signature(op: Op, tables: L.Tables) -> tuple:
+    """What makes two ops the same computation (name aside; commutative args unordered)."""
+    args = tuple(sorted(op.args)) if _commutative(op, tables) else op.args
+    return (op.kind, op.fn, op.encoding, args)
+
+
 def canonicalize(program: Program, tables: L.Tables, vocab: Iterable[Any],
                  max_seq_len: int) -> tuple[Program, int]:
     """Canonical form and the number of ops whose function was rewritten.
@@ -390,8 +396,7 @@ def canonicalize(program: Program, tables: L.Tables, vocab: Iterable[Any],
         if fn != op.fn:
             rewrites += 1
             op = dataclasses.replace(op, fn=fn)
-        key = (op.kind, op.fn, op.encoding,
-               tuple(sorted(op.args)) if _commutative(op, tables) else op.args)
+        key = op_signature(op, tables)
         if key in seen:
             alias[op.name] = seen[key]
             continue

@@ -11,14 +11,14 @@ pruned length is exactly n. Ops are type-checked against what tracr compiles
 (Select operands categorical; SequenceMap categorical; LinearSequenceMap
 numerical; numerical Aggregate only over 0/1 values), their lambdas rewritten
 to a canonical representative of their behaviour class as they are created,
-and ops that would be constant, duplicates, or have too many values are
-resampled. A construction that paints itself into a corner restarts
-(``dead_end``).
+and ops that would be constant, the identity, duplicates, have too many
+values, or — for a categorical Aggregate — be mostly None or average values
+(tracr's dynamic validator, checked on the input domain) are resampled. A
+construction that paints itself into a corner restarts (``dead_end``).
 
 Whole programs are then filtered on the input domain: tracr's static
-validator, evaluation errors, constant output, identity, mostly-None output,
-and tracr's dynamic validator (categorical Aggregate that would average).
-Every rejection is counted by reason.
+validator, not reading tokens, evaluation errors, constant output, identity,
+mostly-None output, duplicates. Every rejection is counted by reason.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tracr.compiler import validating
 from metamodels import evaluator as E
 from metamodels import lambdas as L
 from metamodels.program import (CAT, KINDS, NUM, Op, Program, canonical_fn, canonicalize,
-                                op_value_set, prune, subprogram, to_rasp)
+                                op_signature, op_value_set, prune, subprogram, to_rasp)
 from metamodels.tokenizer import encode
 
 
@@ -87,10 +87,11 @@ def construct(rng: np.random.Generator, cfg: SamplerConfig, tables: L.Tables,
     Returns the program and how many of its lambdas/predicates were rewritten
     to their behaviour-class representative. Raises _DeadEnd when stuck.
     The first op reads ``tokens`` (tracr needs it; all ops are ancestors of
-    the output). Variables that take the value None somewhere on `inputs` (a categorical
-    Aggregate that selects nothing, and what is computed from it) are kept out
-    of Selects, where rasp cannot compare None. With ``canonical_fns=False``
-    ops keep the lambda they were drawn with (for testing canonicalisation).
+    the output). Variables that take the value None somewhere on `inputs` (a
+    categorical Aggregate that selects nothing, and what is computed from it)
+    are kept out of Selects and Aggregates, where rasp cannot compare or
+    average None. With ``canonical_fns=False`` ops keep the lambda they were
+    drawn with (for testing canonicalisation).
     """
     vs: dict[str, set] = {"tokens": set(cfg.vocab), "indices": set(range(cfg.max_seq_len))}
     enc: dict[str, str] = {"tokens": CAT, "indices": CAT}
@@ -110,12 +111,12 @@ def construct(rng: np.random.Generator, cfg: SamplerConfig, tables: L.Tables,
             kind = _pick(rng, kinds, kind_w)
             op = _propose(rng, cfg, tables, kind, f"t{k}", order, enc, vs, unused, must,
                           has_none)
-            if op is not None and k == 0 and "tokens" not in op.args:
-                continue  # tracr compiles only programs that read tokens
             if op is None:
                 continue
+            if k == 0 and "tokens" not in op.args:
+                continue  # tracr compiles only programs that read tokens
             canon = _canonical_op(op, vs, tables) if canonical_fns else op
-            key = (canon.kind, canon.fn, canon.encoding, canon.args)
+            key = op_signature(canon, tables)
             if key in signatures:
                 continue
             try:
@@ -130,9 +131,11 @@ def construct(rng: np.random.Generator, cfg: SamplerConfig, tables: L.Tables,
                 continue
             nullable = ((canon.kind == "Aggregate" and canon.encoding == CAT)
                         or any(has_none[a] for a in canon.args))
+            yields_none = False
             if nullable:
-                candidate = Program(tuple(ops) + (canon,))
-                if not _aggregate_ok(candidate, canon, tables, inputs, cfg):
+                ok, yields_none = _check_nullable(Program(tuple(ops) + (canon,)), tables,
+                                                  inputs, cfg)
+                if not ok:
                     continue
             break
         else:
@@ -142,7 +145,7 @@ def construct(rng: np.random.Generator, cfg: SamplerConfig, tables: L.Tables,
         ops.append(canon)
         vs[canon.name], enc[canon.name] = values, canon.encoding
         order.append(canon.name)
-        has_none[canon.name] = nullable and _yields_none(Program(tuple(ops)), tables, inputs)
+        has_none[canon.name] = yields_none
         unused = [u for u in unused if u not in canon.args] + [canon.name]
     if unused != [ops[-1].name]:
         raise _DeadEnd("ops left unconsumed")
@@ -166,30 +169,27 @@ def _canonical_op(op: Op, vs, tables) -> Op:
     return dataclasses.replace(op, fn=canonical_fn(op, vs, tables))
 
 
-def _yields_none(program: Program, tables: L.Tables, inputs: list[np.ndarray]) -> bool:
-    expr = to_rasp(prune(program), tables)
-    try:
-        return any(bool((E.evaluate_batch(expr, x).codes < 0).any()) for x in inputs)
-    except Exception:  # noqa: BLE001 - errors surface again in check_program
-        return True
+def _check_nullable(program: Program, tables: L.Tables, inputs, cfg) -> tuple[bool, bool]:
+    """(acceptable, takes the value None) for a new op that may produce None.
 
-
-def _aggregate_ok(program: Program, op: Op, tables: L.Tables, inputs, cfg) -> bool:
-    """A categorical Aggregate must only move values and not be mostly None.
-
-    Checked as the op is created, so the op is resampled instead of the whole
-    program being rejected later by the same checks in :func:`check_program`.
+    A categorical Aggregate must only move values (tracr's dynamic validator)
+    and not be mostly None. Checked as the op is created, so the op is
+    resampled instead of the whole program being rejected later by the same
+    checks in :func:`check_program`.
     """
-    if op.kind != "Aggregate" or op.encoding != CAT:
-        return True
+    op = program.ops[-1]
     expr = to_rasp(prune(program), tables)
     try:
         res = [E.evaluate_batch(expr, x) for x in inputs]
-    except Exception:  # noqa: BLE001
-        return False
-    if E.none_fraction(res) > cfg.max_none_fraction:
-        return False
-    return _aggregate_moves_values(program, op, tables, inputs)
+    except Exception:  # noqa: BLE001 - an op whose evaluation fails is resampled
+        return False, True
+    yields_none = any(bool((r.codes < 0).any()) for r in res)
+    if op.kind == "Aggregate" and op.encoding == CAT:
+        if E.none_fraction(res) > cfg.max_none_fraction:
+            return False, yields_none
+        if not _aggregate_moves_values(program, op, tables, inputs):
+            return False, yields_none
+    return True, yields_none
 
 
 def _propose(rng, cfg, tables, kind, name, order, enc, vs, unused, must,
@@ -253,7 +253,7 @@ def _propose(rng, cfg, tables, kind, name, order, enc, vs, unused, must,
 # Whole-program filters
 
 REJECT_REASONS = ("dead_end", "validator", "no_tokens", "eval_error", "constant", "identity",
-                  "mostly_none", "validator_dynamic", "duplicate")
+                  "mostly_none", "duplicate")
 
 
 def domain(vocab: Sequence, max_seq_len: int, exhaustive_limit: int, samples: int,
@@ -301,10 +301,8 @@ def check_program(program: Program, tables: L.Tables, cfg: SamplerConfig,
         return "constant", facts
     if all(_equals_tokens(r, x) for r, x in zip(results, inputs)):
         return "identity", facts
-    for op in program.ops:
-        if op.kind == "Aggregate" and op.encoding == CAT:
-            if not _aggregate_moves_values(program, op, tables, inputs):
-                return "validator_dynamic", facts
+    # tracr's dynamic validator (categorical Aggregates that would average) was
+    # applied to every Aggregate as it was created, in construct().
     return None, facts
 
 
