@@ -93,7 +93,7 @@ def run_split(params: Mapping, shard_paths: list[str], vocab_path: str, outdir: 
     refs = reference_programs(params)
     ref_ids = {tuple(vocab.ids(t)): name for name, t in refs.items()}
     seen: set[bytes] = set()
-    rows: dict[str, list[tuple[bytes, dict, int]]] = {s: [] for s in SPLITS}
+    rows: dict[str, list[tuple[bytes, int, int]]] = {s: [] for s in SPLITS}  # (hash, shard, row)
     loaded: list[dict[str, np.ndarray]] = []
     n_in = n_dup = 0
     matched_refs: list[str] = []
@@ -114,7 +114,7 @@ def run_split(params: Mapping, shard_paths: list[str], vocab_path: str, outdir: 
             if ref is not None:
                 matched_refs.append(ref)
                 split = "test"
-            rows[split].append((digest, {"shard": k}, i))
+            rows[split].append((digest, k, i))
         print(f"[split] read {path}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {"input_programs": n_in, "duplicates": n_dup,
                                "reference_programs": sorted(refs),
@@ -125,11 +125,11 @@ def run_split(params: Mapping, shard_paths: list[str], vocab_path: str, outdir: 
         n_shards = d["shards"][split]
         for j in range(n_shards):
             mine = items[j::n_shards]
-            arrays = take(loaded, [(m[1]["shard"], m[2]) for m in mine])
+            arrays = take(loaded, [(k, i) for _, k, i in mine])
             arrays["shard_json"] = S.text_array([S.dumps_json(
                 {"split": split, "shard": j, "programs": len(mine)})])
             S.save_npz(f"{outdir}/{split}/shard_{j:03d}.npz", arrays)
-        lengths = [int(loaded[m[1]["shard"]]["length"][m[2]]) for m in items]
+        lengths = [int(loaded[k]["length"][i]) for _, k, i in items]
         summary["splits"][split] = {"programs": len(items), "shards": n_shards,
                                     "by_length": {str(n): lengths.count(n)
                                                   for n in sorted(set(lengths))}}

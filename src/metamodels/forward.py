@@ -44,18 +44,24 @@ def encode(model: CompiledModel, seqs: Sequence[Sequence[Any]]) -> np.ndarray:
     (n,) = lengths
     if n > model.max_seq_len:
         raise ValueError(f"sequence length {n} exceeds max_seq_len {model.max_seq_len}")
-    bos = mapping[model.bos_token]
     out = np.empty((len(seqs), n + 1), np.int64)
-    out[:, 0] = bos
-    for b, s in enumerate(seqs):
-        for t, tok in enumerate(s):
-            try:
-                out[b, t + 1] = mapping[tok]
-            except (KeyError, TypeError):
-                raise ValueError(
-                    f"token {tok!r} not in the model's vocabulary {model.input_tokens}"
-                ) from None
+    out[:, 0] = mapping[model.bos_token]
+    try:
+        flat = [mapping[tok] for s in seqs for tok in s]
+    except (KeyError, TypeError):
+        bad = next(t for s in seqs for t in s if not _known(mapping, t))
+        raise ValueError(
+            f"token {bad!r} not in the model's vocabulary {model.input_tokens}"
+        ) from None
+    out[:, 1:] = np.asarray(flat, np.int64).reshape(len(seqs), n)
     return out
+
+
+def _known(mapping: dict, tok: Any) -> bool:
+    try:
+        return tok in mapping
+    except TypeError:  # unhashable
+        return False
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

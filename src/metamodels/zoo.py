@@ -25,10 +25,11 @@ from metamodels import evaluator as E
 from metamodels import lambdas as L
 from metamodels import shards as S
 from metamodels.compiler import CompiledModel, compile_program
-from metamodels.forward import forward_ids
+from metamodels.forward import encode, forward_ids
 from metamodels.program import Program, layer_allocation, num_layers, render, to_rasp
 from metamodels.sampler import SamplerConfig, domain, domain_size, sample_shard
-from metamodels.tokenizer import Vocab, encode
+from metamodels.tokenizer import Vocab
+from metamodels.tokenizer import encode as encode_tokens
 from metamodels.workers import run_tasks
 
 FORMAT_VERSION = 1
@@ -95,7 +96,7 @@ def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) ->
     first_bad = None
     for x in inputs:
         ref = E.evaluate_batch(expr, x)
-        ids = _encode_batch(model, x)
+        ids = encode(model, x.tolist())
         out = forward_ids(model, ids)[:, 1:]
         none = ref.codes < 0
         if model.categorical_output:
@@ -118,15 +119,6 @@ def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) ->
     return {"inputs": n_inputs, "positions": n_pos, "none_positions": n_none,
             "mismatched_positions": n_bad, "passed": n_bad == 0,
             "exhaustive": None, "first_mismatch": first_bad}
-
-
-def _encode_batch(model: CompiledModel, x: np.ndarray) -> np.ndarray:
-    index = {L.value_key(v): i for i, v in enumerate(model.input_tokens)}
-    flat = [index[L.value_key(v)] for v in x.ravel().tolist()]
-    ids = np.empty((x.shape[0], x.shape[1] + 1), np.int64)
-    ids[:, 0] = model.input_tokens.index(model.bos_token)
-    ids[:, 1:] = np.asarray(flat, np.int64).reshape(x.shape)
-    return ids
 
 
 def _decode_row(model: CompiledModel, row: np.ndarray) -> list:
@@ -219,7 +211,7 @@ def run_compile(params: Mapping, sampled_path: str, vocab_path: str, out_path: s
 def _pack(kept: list[dict], vocab: Vocab) -> dict[str, np.ndarray]:
     """Column arrays of one compiled shard (see README, "Data formats")."""
     programs = [Program.from_json(k["entry"]["program"]) for k in kept]
-    tokens = [vocab.ids(encode(p)) for p in programs]
+    tokens = [vocab.ids(encode_tokens(p)) for p in programs]
     tok_values, tok_off = S.ragged(tokens, np.int32)
     flats = [k["result"]["flat"] for k in kept]
     w_values, w_off = S.ragged(flats, np.float32)
