@@ -91,7 +91,8 @@ def test_behaviour_classes_are_merged(default_params):
     # first table entry with that behaviour; x<=1 and x==1 agree -> one class.
     assert L.canonical_map(tables, "x==1", {1, 2, 3}) == L.canonical_map(tables, "x<=1", {1, 2, 3})
     assert L.canonical_map(tables, "x+1", {1, 2, 3}) == "x+1"
-    assert L.canonical_predicate("LEQ", {0}, {0}) == L.canonical_predicate("TRUE", {0}, {0}) == "TRUE"
+    assert (L.canonical_predicate(tables, "LEQ", {0}, {0})
+            == L.canonical_predicate(tables, "TRUE", {0}, {0}) == "TRUE")
     # Duplicate ops that become identical after rewriting are merged.
     p = Program((Op("a", "Map", "x==1", ("tokens",), "categorical"),
                  Op("b", "Map", "x<=1", ("tokens",), "categorical"),

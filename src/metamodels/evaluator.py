@@ -392,11 +392,7 @@ class _BatchEvaluator:
                 continue
             lut[i] = interner.add(out)
         codes = _lut_apply(lut, x.codes)
-        if failed:
-            bad = np.zeros(len(x.table) + 1, dtype=bool)
-            bad[failed] = True
-            rows = bad[x.codes].any(axis=1)
-            self.err |= rows
+        self._flag_rows(failed, len(x.table), x.codes)
         return _compact(codes, interner.table)
 
     def _sequence_map(self, sop: rasp.SequenceMap):
@@ -423,11 +419,15 @@ class _BatchEvaluator:
                 continue
             out_codes[j] = interner.add(out)
         codes = _lut_apply(out_codes, inv)
-        if failed:
-            bad = np.zeros(len(uniq) + 1, dtype=bool)
-            bad[failed] = True
-            self.err |= bad[inv].any(axis=1)
+        self._flag_rows(failed, len(uniq), inv)
         return _compact(codes, interner.table)
+
+    def _flag_rows(self, failed: list[int], n: int, index: np.ndarray) -> None:
+        """Mask mode: mark inputs whose row of `index` [B, L] uses a failed entry (of n)."""
+        if failed:
+            bad = np.zeros(n + 1, dtype=bool)
+            bad[failed] = True
+            self.err |= bad[index].any(axis=1)
 
     # ---- selectors -------------------------------------------------------------
 

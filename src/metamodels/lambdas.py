@@ -210,83 +210,80 @@ def _vkey(values: Iterable[Any]) -> frozenset:
     return frozenset((value_key(v), type(v).__name__) for v in values)
 
 
-def canonical_map(tables: Tables, token: str, in_values: Iterable[Any]) -> str:
-    """First Map token in table order that agrees with `token` on `in_values`."""
-    in_values = list(in_values)
-    return tables.cached(("map", token, _vkey(in_values)),
-                         lambda: _canonical_map(tables, token, in_values))
+def _points1(values: Iterable[Any]) -> list[tuple]:
+    return [(x,) for x in sorted_values(values)]
 
 
-def _canonical_map(tables: Tables, token: str, in_values: list) -> str:
-    points = [(x,) for x in sorted_values(in_values)]
-    target = _behaviour(tables.map_by_token[token].fn, points)
-    for m in tables.maps:
-        if _behaviour(m.fn, points) == target:
-            return m.token
-    raise AssertionError("unreachable: the token itself is in the table")
+def _points2(fst_values: Iterable[Any], snd_values: Iterable[Any]) -> list[tuple]:
+    return list(itertools.product(sorted_values(fst_values), sorted_values(snd_values)))
 
 
-def canonical_sequence_map(tables: Tables, token: str, fst_values, snd_values) -> str:
-    fst_values, snd_values = list(fst_values), list(snd_values)
-    return tables.cached(("seq", token, _vkey(fst_values), _vkey(snd_values)),
-                         lambda: _canonical_sequence_map(tables, token, fst_values, snd_values))
+def _first_match(candidates: Iterable[tuple[str, Callable]], fn: Callable,
+                 points: list[tuple]) -> str | None:
+    """Token of the first (token, function) candidate behaving like `fn` on `points`.
 
-
-def _canonical_sequence_map(tables: Tables, token: str, fst_values, snd_values) -> str:
-    pts = list(itertools.product(sorted_values(fst_values), sorted_values(snd_values)))
-    target = _behaviour(tables.sequence_map_by_token[token].fn, pts)
-    for s in tables.sequence_maps:
-        if _behaviour(s.fn, pts) == target:
-            return s.token
-    raise AssertionError("unreachable")
-
-
-def canonical_predicate(name: str, key_values, query_values) -> str:
-    pts = list(itertools.product(sorted_values(key_values), sorted_values(query_values)))
-    target = _behaviour(predicate(name), pts)
-    for p in PREDICATES:
-        if _behaviour(predicate(p), pts) == target:
-            return p
-    raise AssertionError("unreachable")
-
-
-def match_map(tables: Tables, fn: Callable[[Any], Any], in_values) -> str | None:
-    """The canonical table token behaving like an arbitrary `fn`, or None."""
-    points = [(x,) for x in sorted_values(in_values)]
+    None if no candidate does, or if `fn` (a foreign lambda) raises anything
+    but an arithmetic error.
+    """
     try:
         target = _behaviour(fn, points)
     except Exception:  # noqa: BLE001 - foreign lambdas may raise anything
         return None
-    for m in tables.maps:
-        if _behaviour(m.fn, points) == target:
-            return m.token
+    for token, candidate in candidates:
+        if _behaviour(candidate, points) == target:
+            return token
     return None
+
+
+def _map_candidates(tables: Tables):
+    return [(m.token, m.fn) for m in tables.maps]
+
+
+def _sequence_map_candidates(tables: Tables):
+    return [(s.token, s.fn) for s in tables.sequence_maps]
+
+
+def _predicate_candidates():
+    return [(p, predicate(p)) for p in PREDICATES]
+
+
+def canonical_map(tables: Tables, token: str, in_values: Iterable[Any]) -> str:
+    """First Map token in table order that agrees with `token` on `in_values`."""
+    in_values = list(in_values)
+    return tables.cached(("map", token, _vkey(in_values)), lambda: _first_match(
+        _map_candidates(tables), tables.map_by_token[token].fn, _points1(in_values)))
+
+
+def canonical_sequence_map(tables: Tables, token: str, fst_values, snd_values) -> str:
+    fst_values, snd_values = list(fst_values), list(snd_values)
+    return tables.cached(
+        ("seq", token, _vkey(fst_values), _vkey(snd_values)),
+        lambda: _first_match(_sequence_map_candidates(tables),
+                             tables.sequence_map_by_token[token].fn,
+                             _points2(fst_values, snd_values)))
+
+
+def canonical_predicate(tables: Tables, name: str, key_values, query_values) -> str:
+    key_values, query_values = list(key_values), list(query_values)
+    return tables.cached(
+        ("pred", name, _vkey(key_values), _vkey(query_values)),
+        lambda: _first_match(_predicate_candidates(), predicate(name),
+                             _points2(key_values, query_values)))
+
+
+def match_map(tables: Tables, fn: Callable[[Any], Any], in_values) -> str | None:
+    """The canonical table token behaving like an arbitrary `fn`, or None."""
+    return _first_match(_map_candidates(tables), fn, _points1(in_values))
 
 
 def match_sequence_map(tables: Tables, fn, fst_values, snd_values) -> str | None:
-    pts = list(itertools.product(sorted_values(fst_values), sorted_values(snd_values)))
-    try:
-        target = _behaviour(fn, pts)
-    except Exception:  # noqa: BLE001
-        return None
-    for s in tables.sequence_maps:
-        if _behaviour(s.fn, pts) == target:
-            return s.token
-    return None
+    return _first_match(_sequence_map_candidates(tables), fn, _points2(fst_values, snd_values))
 
 
 def match_predicate(fn, key_values, query_values) -> str | None:
     """The canonical predicate behaving like `fn(key, query)` on the value sets, or None."""
-    pts = list(itertools.product(sorted_values(key_values), sorted_values(query_values)))
-    try:
-        target = tuple((ok, value_key(bool(v)) if ok else None)
-                       for ok, v in (_safe(fn, *p) for p in pts))
-    except Exception:  # noqa: BLE001
-        return None
-    for p in PREDICATES:
-        if _behaviour(predicate(p), pts) == target:
-            return p
-    return None
+    return _first_match(_predicate_candidates(), lambda k, q: bool(fn(k, q)),
+                        _points2(key_values, query_values))
 
 
 def map_outputs(fn: Callable, in_values: Iterable[Any]) -> set:

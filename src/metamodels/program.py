@@ -357,9 +357,7 @@ def canonical_fn(op: Op, vs: Mapping[str, set], tables: L.Tables) -> str:
     if op.kind == "SequenceMap":
         return L.canonical_sequence_map(tables, op.fn, vs[op.args[0]], vs[op.args[1]])
     if op.kind in ("Aggregate", "SelectorWidth"):
-        k, q = vs[op.args[0]], vs[op.args[1]]
-        return tables.cached(("pred", op.fn, L._vkey(k), L._vkey(q)),
-                             lambda: L.canonical_predicate(op.fn, k, q))
+        return L.canonical_predicate(tables, op.fn, vs[op.args[0]], vs[op.args[1]])
     return op.fn
 
 
