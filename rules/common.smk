@@ -28,3 +28,8 @@ def dataset_shards():
         for split, n in config["dataset"]["shards"].items()
         for j in range(n)
     ]
+
+
+def split_shards(split):
+    n = config["dataset"]["shards"][split]
+    return [f"data/dataset/{split}/shard_{j:03d}.npz" for j in range(n)]

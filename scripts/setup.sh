@@ -14,10 +14,13 @@ PY
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# GPU=1 adds the CUDA 12 build of JAX (requirements-gpu.txt); JAX then uses the GPU itself.
+extra=()
+[ "${GPU:-0}" = 1 ] && extra=(-r requirements-gpu.txt)
 stamp=.venv/.requirements.lock.sha256
-want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$( (sha256sum requirements.lock pyproject.toml; echo "gpu=${GPU:-0}") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock "${extra[@]}"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi

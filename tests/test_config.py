@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -55,3 +56,19 @@ def test_cli_reports_bad_params(tmp_path, capsys):
     bad.write_text("zoo: {seed: 0}\n")
     assert main(["check-params", "--params", str(bad)]) == 2
     assert "missing key" in capsys.readouterr().err
+
+
+def test_paper_scale_params_file_is_valid_over_the_defaults():
+    import yaml
+
+    def merge(a, b):  # snakemake --configfile merges nested sections the same way
+        for k, v in b.items():
+            a[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    p = merge(yaml.safe_load((root / "params.yaml").read_text()),
+              yaml.safe_load((root / "params" / "paper.yaml").read_text()))
+    config.validate(p, "params/paper.yaml")
+    assert p["decompiler"]["model"]["d_model"] == 256 and p["decompiler"]["train"]["batch_size"] == 256
+    assert p["zoo"]["shards"] * p["zoo"]["programs_per_shard"] == 1_600_000

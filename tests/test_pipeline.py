@@ -28,6 +28,11 @@ def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["zoo"].update(vocab=[1, 2, 3, 4], max_seq_len=4, shards=2, programs_per_shard=8)
     p["dataset"]["shards"] = {"train": 2, "val": 1, "test": 1}
+    d = p["decompiler"]
+    d["model"].update(d_model=16, layers=1, decoder_layers=1, heads=2, mlp=32)
+    d["train"].update(steps=6, batch_size=4, warmup_steps=2, log_every=3, eval_every=3,
+                      eval_batch_size=8, eval_exact_programs=4)
+    d["input"]["buckets"] = 1
     return p
 
 
@@ -73,7 +78,9 @@ def planned_jobs(cwd) -> dict[str, int]:
 
 
 def data_files(ws: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(ws)): p.read_bytes() for p in sorted((ws / "data").rglob("*"))
+    """Every pipeline output (data, trained models, results and figures)."""
+    return {str(p.relative_to(ws)): p.read_bytes()
+            for top in ("data", "models", "results") for p in sorted((ws / top).rglob("*"))
             if p.is_file()}
 
 
@@ -115,13 +122,20 @@ def test_bad_params_fail_before_any_job(tmp_path, section, key, value, needle):
     assert not (ws / "data").exists()
 
 
+DECOMPILER = {"train_decompiler": 1, "evaluate_decompiler": 1, "figure3": 1}
+
+
 @pytest.mark.parametrize("edit,expected", [
-    (lambda p: p["dataset"]["split"].update(train=0.7, val=0.2), {"split": 1}),
-    (lambda p: p["dataset"]["shards"].update(train=3), {"split": 1}),
-    (lambda p: p["compile"].update(timeout_s=61), {"compile_shard": 2, "split": 1}),
-    (lambda p: p["zoo"].update(seed=1), {"sample": 2, "compile_shard": 2, "split": 1}),
+    (lambda p: p["dataset"]["split"].update(train=0.7, val=0.2), {"split": 1, **DECOMPILER}),
+    (lambda p: p["dataset"]["shards"].update(train=3), {"split": 1, **DECOMPILER}),
+    (lambda p: p["compile"].update(timeout_s=61), {"compile_shard": 2, "split": 1, **DECOMPILER}),
+    (lambda p: p["zoo"].update(seed=1),
+     {"sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER}),
     (lambda p: p["sampler"].update(max_length=7),
-     {"vocab": 1, "sample": 2, "compile_shard": 2, "split": 1}),
+     {"vocab": 1, "sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER}),
+    (lambda p: p["decompiler"]["train"].update(steps=7), DECOMPILER),
+    (lambda p: p["decompiler"]["evaluate"].update(beam=2),
+     {"evaluate_decompiler": 1, "figure3": 1}),
 ])
 def test_only_what_depends_on_an_edit_reruns(built, edit, expected):
     assert planned_jobs(built) == {}
@@ -146,12 +160,12 @@ def test_outputs_identical_whatever_cores(built, tmp_path):
 def test_interrupted_run_resumes(built, tmp_path):
     ws = workspace(tmp_path, tiny_params())
     for f, content in data_files(built).items():
-        if not f.startswith("data/dataset"):
+        if f.startswith(("data/programs", "data/compiled", "data/vocab")):
             (ws / f).parent.mkdir(parents=True, exist_ok=True)
             (ws / f).write_bytes(content)
     (ws / "data/compiled/shard_00001.npz").unlink()  # as if killed while compiling
     snakemake(ws, "data/compiled/shard_00000.npz", "--touch", "--cores", "1", "--quiet")
-    assert planned_jobs(ws) == {"compile_shard": 1, "split": 1}
+    assert planned_jobs(ws) == {"compile_shard": 1, "split": 1, **DECOMPILER}
     snakemake(ws, "--cores", "2", "--quiet")
     assert data_files(ws) == data_files(built)
 

@@ -80,6 +80,38 @@ def cmd_dvc_yaml(args) -> None:
     print(f"[dvc-yaml] wrote {args.out}", file=sys.stderr)
 
 
+def cmd_train_decompiler(args) -> None:
+    from metamodels.decompiler import run_train
+    run_train(_params(args), args.train, args.val, args.vocab, args.model, args.history,
+              args.curve, args.workdir, args.timing)
+
+
+def cmd_evaluate_decompiler(args) -> None:
+    from metamodels.decompiler import run_evaluate
+    run_evaluate(_params(args), args.model, args.test, args.metrics, args.predictions,
+                 args.reference, args.timing)
+
+
+def cmd_figure3(args) -> None:
+    from metamodels.figures import figure3
+    figure3(args.history, args.metrics, args.out)
+
+
+def cmd_decompile(args) -> None:
+    from metamodels.decompiler import decompile_file
+    print(decompile_file(args.model, args.weights, args.index, args.beam), end="")
+
+
+def cmd_compile(args) -> None:
+    from metamodels.decompiler import compile_file
+    info = compile_file(_params(args), args.program, args.out)
+    print(info.pop("source"), end="")
+    print(f"[compile] {json.dumps(info)} -> {args.out}", file=sys.stderr)
+    if not info["verified"]:
+        sys.exit(f"{args.program}: the compiled model disagrees with RASP on some inputs "
+                 "(a known tracr limitation); the file was written but is not a faithful model")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metamodels", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -115,6 +147,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outdir", required=True)
     p.set_defaults(func=cmd_split)
 
+    p = sub.add_parser("train-decompiler", help="stage 4: train the decompiler meta-model")
+    _add_params(p)
+    p.add_argument("--train", nargs="+", required=True, help="train split shards")
+    p.add_argument("--val", nargs="+", required=True, help="validation split shards")
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--model", required=True, help="output model file (.npz)")
+    p.add_argument("--history", required=True, help="output learning curve and run facts (JSON)")
+    p.add_argument("--curve", required=True, help="output learning curve (CSV, for dvc plots)")
+    p.add_argument("--workdir", required=True, help="checkpoints (resumed when present)")
+    p.add_argument("--timing", help="where to write timing (JSON)")
+    p.set_defaults(func=cmd_train_decompiler)
+
+    p = sub.add_parser("evaluate-decompiler", help="stage 5: score the decompiler on test")
+    _add_params(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="test split shards")
+    p.add_argument("--metrics", required=True, help="output metrics (JSON)")
+    p.add_argument("--predictions", required=True, help="output per-program predictions (JSON)")
+    p.add_argument("--reference", required=True, help="output table of tracr lib programs (CSV)")
+    p.add_argument("--timing", help="where to write decoding times (JSON)")
+    p.set_defaults(func=cmd_evaluate_decompiler)
+
+    p = sub.add_parser("figure3", help="draw figure 3 (accuracy over training and by length)")
+    p.add_argument("--history", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_figure3)
+
+    p = sub.add_parser("decompile", help="print the RASP program recovered from a weights file")
+    p.add_argument("weights", help="zoo-format weights file (.npz), e.g. from `compile`")
+    p.add_argument("--model", default="models/decompiler.npz", help="trained decompiler")
+    p.add_argument("--index", type=int, default=0, help="row of the weights file")
+    p.add_argument("--beam", type=int, default=1, help="beam width")
+    p.set_defaults(func=cmd_decompile)
+
+    p = sub.add_parser("compile", help="compile a Python file defining a RASP `program`")
+    p.add_argument("program", help="Python file that assigns a tracr RASP SOp to `program`")
+    p.add_argument("--out", required=True, help="output weights file (.npz, zoo format)")
+    p.add_argument("--params", default="params.yaml", help="vocab/max_seq_len/lambda tables")
+    p.set_defaults(func=cmd_compile, config=None)
+
     p = sub.add_parser("show", help="print one program of a shard (source, tokens, metadata)")
     p.add_argument("shard")
     p.add_argument("--index", type=int, default=0)
@@ -130,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except C.ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        if args.verb not in ("decompile", "compile"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -91,7 +91,9 @@ def run_split(params: Mapping, shard_paths: list[str], vocab_path: str, outdir: 
     d = params["dataset"]
     vocab = Vocab.load(vocab_path)
     refs = reference_programs(params)
-    ref_ids = {tuple(vocab.ids(t)): name for name, t in refs.items()}
+    # (a reference program with more ops than the vocabulary has names cannot be sampled)
+    ref_ids = {tuple(vocab.ids(t)): name for name, t in refs.items()
+               if all(tok in vocab.index for tok in t)}
     seen: set[bytes] = set()
     rows: dict[str, list[tuple[bytes, int, int]]] = {s: [] for s in SPLITS}  # (hash, shard, row)
     loaded: list[dict[str, np.ndarray]] = []

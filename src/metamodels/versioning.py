@@ -75,9 +75,27 @@ def dvc_yaml(jobs: list[dict]) -> str:
             stage = {"cmd": cmd}
             if job["deps"]:
                 stage["deps"] = job["deps"]
-            stage["outs"] = sorted(job["outs"])
+            for kind, outs in _by_kind(job["outs"]).items():
+                stage[kind] = outs
             stages[name] = stage
     return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=10_000)
+
+
+# Outputs `dvc metrics show` / `dvc plots show` read (cached and pushed like any output).
+METRICS_DIR = "results/metrics/"
+PLOTS = {"results/decompiler/learning_curve.csv": {"x": "step", "y": "val_exact_accuracy"}}
+
+
+def _by_kind(outs: list[str]) -> dict[str, list]:
+    kinds: dict[str, list] = {}
+    for path in sorted(outs):
+        if path.startswith(METRICS_DIR):
+            kinds.setdefault("metrics", []).append(path)
+        elif path in PLOTS:
+            kinds.setdefault("plots", []).append({path: PLOTS[path]})
+        else:
+            kinds.setdefault("outs", []).append(path)
+    return kinds
 
 
 def _suffix(job: dict, k: int) -> str:

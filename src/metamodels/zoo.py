@@ -77,12 +77,15 @@ def run_sample(params: Mapping, shard: int, out_path: str) -> dict:
 # compile + verify (runs in worker processes)
 
 def _worker_init(params: dict):
-    z, v = params["zoo"], params["verify"]
-    # One fixed input sample for every shard when the domain is too large.
-    inputs = domain(z["vocab"], z["max_seq_len"], v["exhaustive_limit"], v["samples"],
-                    np.random.SeedSequence(entropy=z["seed"], spawn_key=(2 ** 31,)))
     return {"params": params, "tables": L.Tables(params["sampler"]["map_constants"]),
-            "inputs": inputs}
+            "inputs": verification_inputs(params)}
+
+
+def verification_inputs(params: Mapping) -> list[np.ndarray]:
+    """The inputs every program is verified on: the whole domain, or one fixed sample of it."""
+    z, v = params["zoo"], params["verify"]
+    return domain(z["vocab"], z["max_seq_len"], v["exhaustive_limit"], v["samples"],
+                  np.random.SeedSequence(entropy=z["seed"], spawn_key=(2 ** 31,)))
 
 
 def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) -> dict:
@@ -187,7 +190,7 @@ def run_compile(params: Mapping, sampled_path: str, vocab_path: str, out_path: s
             failed.append({"index": out.index, "reason": reason, "detail": detail[:500],
                            "source": entry["source"]})
         report(out.index + 1, len(entries))
-    arrays = _pack(kept, vocab)
+    arrays = pack(kept, vocab)
     shard_stats = {
         "format_version": FORMAT_VERSION,
         "sampled": len(entries),
@@ -208,7 +211,7 @@ def run_compile(params: Mapping, sampled_path: str, vocab_path: str, out_path: s
     return summary
 
 
-def _pack(kept: list[dict], vocab: Vocab) -> dict[str, np.ndarray]:
+def pack(kept: list[dict], vocab: Vocab) -> dict[str, np.ndarray]:
     """Column arrays of one compiled shard (see README, "Data formats")."""
     programs = [Program.from_json(k["entry"]["program"]) for k in kept]
     tokens = [vocab.ids(encode_tokens(p)) for p in programs]

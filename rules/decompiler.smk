@@ -1,0 +1,74 @@
+# Decompiler meta-model (seed 001): weights -> RASP program, scored on test, figure 3.
+
+
+rule train_decompiler:
+    input:
+        train=split_shards("train"),
+        val=split_shards("val"),
+        vocab="data/vocab.json",
+    output:
+        model="models/decompiler.npz",
+        history="results/decompiler/history.json",
+        curve="results/decompiler/learning_curve.csv",
+    params:
+        cfg=section_params(
+            zoo=["vocab", "max_seq_len"],
+            decompiler=["seed", "max_program_tokens", "input", "model", "train"],
+        ),
+        workdir="work/decompiler",  # Orbax checkpoints; a rerun resumes from them
+    resources:
+        gpu=1,
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        stderr="logs/decompiler/train.log",
+        timing="logs/decompiler/train.timing.json",
+    benchmark:
+        "logs/benchmarks/decompiler/train.tsv"
+    shell:
+        "python -m metamodels train-decompiler --config {params.cfg:q} --train {input.train}"
+        " --val {input.val} --vocab {input.vocab} --model {output.model} --history {output.history}"
+        " --curve {output.curve} --workdir {params.workdir} --timing {log.timing} 2> {log.stderr}"
+
+
+rule evaluate_decompiler:
+    input:
+        model="models/decompiler.npz",
+        test=split_shards("test"),
+    output:
+        metrics="results/metrics/decompiler.json",
+        predictions="results/decompiler/test_predictions.json",
+        reference="results/decompiler/reference_programs.csv",
+    params:
+        cfg=section_params(
+            zoo=["vocab", "max_seq_len"],
+            sampler=["map_constants"],
+            compile=["mlp_exactness"],
+            decompiler=["evaluate"],
+        ),
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        stderr="logs/decompiler/evaluate.log",
+        timing="logs/decompiler/evaluate.timing.json",
+    benchmark:
+        "logs/benchmarks/decompiler/evaluate.tsv"
+    shell:
+        "python -m metamodels evaluate-decompiler --config {params.cfg:q} --model {input.model}"
+        " --test {input.test} --metrics {output.metrics} --predictions {output.predictions}"
+        " --reference {output.reference} --timing {log.timing} 2> {log.stderr}"
+
+
+rule figure3:
+    input:
+        history="results/decompiler/history.json",
+        metrics="results/metrics/decompiler.json",
+    output:
+        "results/figure3.pdf",
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/figure3.log",
+    shell:
+        "python -m metamodels figure3 --history {input.history} --metrics {input.metrics}"
+        " --out {output} 2> {log}"
