@@ -58,7 +58,8 @@ def test_cli_reports_bad_params(tmp_path, capsys):
     assert "missing key" in capsys.readouterr().err
 
 
-def test_paper_scale_params_file_is_valid_over_the_defaults():
+@pytest.mark.parametrize("name", ["paper", "cpu-long"])
+def test_params_files_are_valid_over_the_defaults(name):
     import yaml
 
     def merge(a, b):  # snakemake --configfile merges nested sections the same way
@@ -68,7 +69,9 @@ def test_paper_scale_params_file_is_valid_over_the_defaults():
 
     root = pathlib.Path(__file__).resolve().parents[1]
     p = merge(yaml.safe_load((root / "params.yaml").read_text()),
-              yaml.safe_load((root / "params" / "paper.yaml").read_text()))
-    config.validate(p, "params/paper.yaml")
-    assert p["decompiler"]["model"]["d_model"] == 256 and p["decompiler"]["train"]["batch_size"] == 256
-    assert p["zoo"]["shards"] * p["zoo"]["programs_per_shard"] == 1_600_000
+              yaml.safe_load((root / "params" / f"{name}.yaml").read_text()))
+    config.validate(p, f"params/{name}.yaml")
+    if name == "paper":
+        d = p["decompiler"]
+        assert d["model"]["d_model"] == 256 and d["train"]["batch_size"] == 256
+        assert p["zoo"]["shards"] * p["zoo"]["programs_per_shard"] == 1_600_000

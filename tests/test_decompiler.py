@@ -30,12 +30,13 @@ def tiny_params(default_params) -> dict:
     p = copy.deepcopy(default_params)
     p["zoo"].update(vocab=[1, 2, 3], max_seq_len=4, shards=1, programs_per_shard=90)
     p["sampler"].update(min_length=2, max_length=3)
+    p["decompiler"]["max_program_tokens"] = 32
     p["dataset"].update(split={"train": 0.7, "val": 0.15, "test": 0.15},
                         shards={"train": 1, "val": 1, "test": 1})
     d = p["decompiler"]
     d["model"].update(d_model=32, layers=1, decoder_layers=1, heads=2, mlp=64)
     d["train"].update(steps=60, batch_size=16, warmup_steps=5, learning_rate=3e-3,
-                      log_every=20, eval_every=20, eval_batch_size=16, eval_exact_programs=8)
+                      log_every=20, eval_every=20, eval_batch_size=16, eval_exact_programs=4)
     d["input"].update(buckets=2)
     return p
 

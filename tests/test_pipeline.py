@@ -26,8 +26,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["zoo"].update(vocab=[1, 2, 3, 4], max_seq_len=4, shards=2, programs_per_shard=8)
-    p["dataset"]["shards"] = {"train": 2, "val": 1, "test": 1}
+    p["zoo"].update(vocab=[1, 2, 3, 4], max_seq_len=4, shards=2, programs_per_shard=10)
+    p["dataset"].update(split={"train": 0.6, "val": 0.2, "test": 0.2},
+                        shards={"train": 2, "val": 1, "test": 1})
     d = p["decompiler"]
     d["model"].update(d_model=16, layers=1, decoder_layers=1, heads=2, mlp=32)
     d["train"].update(steps=6, batch_size=4, warmup_steps=2, log_every=3, eval_every=3,
@@ -126,7 +127,7 @@ DECOMPILER = {"train_decompiler": 1, "evaluate_decompiler": 1, "figure3": 1}
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda p: p["dataset"]["split"].update(train=0.7, val=0.2), {"split": 1, **DECOMPILER}),
+    (lambda p: p["dataset"]["split"].update(train=0.5, val=0.3), {"split": 1, **DECOMPILER}),
     (lambda p: p["dataset"]["shards"].update(train=3), {"split": 1, **DECOMPILER}),
     (lambda p: p["compile"].update(timeout_s=61), {"compile_shard": 2, "split": 1, **DECOMPILER}),
     (lambda p: p["zoo"].update(seed=1),

@@ -27,7 +27,6 @@ import numpy as np
 
 from metamodels import shards as S
 from metamodels import weights as W
-from metamodels.tokenizer import PAD
 from metamodels.zoo import row
 
 SORT_GROUP = 16  # batches per length-sorting group
@@ -81,6 +80,9 @@ def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int
             progs.append(p)
             lengths.append(int(r["meta"]["length"]))
             ids.append(f"{path}:{i}")
+    if not progs and not skipped:
+        raise ValueError(f"{list(paths)} hold no programs: sample more (zoo.programs_per_shard) "
+                         "or give this split a larger fraction (dataset.split)")
     if not progs:
         raise ValueError(f"no usable programs in {list(paths)} (skipped: {dict(skipped)}); "
                          "check decompiler.input.max_tokens / max_residual and "

@@ -212,46 +212,59 @@ def _csv(rows: list[dict], fields: list[str]) -> str:
 
 def _reference_rows(refs: Mapping[str, tuple], params, trainer, model_params, cfg, vocab,
                     edges, domain) -> list[dict]:
-    """Compile every expressible tracr lib example, decompile it, judge the result."""
+    """Compile every expressible tracr lib example, decompile them (one batch), judge."""
     from metamodels.compiler import compile_program
     from metamodels.metrics import judge
     from metamodels.program import to_rasp
     from metamodels.tokenizer import decode as decode_tokens
     z = params["zoo"]
-    rows = []
+    rows, models = {}, {}
     for name in sorted(refs):
         target = list(refs[name])
-        row = {"program": name, "length": target.count("EOO"), "target": " ".join(target)}
+        rows[name] = {"program": name, "length": target.count("EOO"), "target": " ".join(target),
+                      "exact": False, "functional": False, "wellformed": False, "predicted": ""}
         if not all(t in vocab.index for t in target):
-            rows.append(dict(row, exact=False, functional=False, wellformed=False, predicted="",
-                             note="more ops than the vocabulary's max_ops (sampler.max_length)"))
+            rows[name]["note"] = "more ops than the vocabulary's max_ops (sampler.max_length)"
             continue
         program = decode_tokens(target, vocab.tables)
         model = compile_program(to_rasp(program, vocab.tables), set(z["vocab"]), z["max_seq_len"],
                                 mlp_exactness=params["compile"]["mlp_exactness"])
-        try:
-            pred = decompile_weights(model.flat(), model.layout(), trainer, model_params, cfg,
-                                     vocab, edges, params["decompiler"]["evaluate"]["beam"])
-        except W.InputTooLarge as e:
-            rows.append(dict(row, exact=False, functional=False, wellformed=False,
-                             predicted="", note=str(e)))
+        models[name] = (model.flat(), model.layout())
+    preds = decompile_weights(list(models.values()), trainer, model_params, cfg, vocab, edges,
+                              params["decompiler"]["evaluate"]["beam"])
+    for name, pred in zip(models, preds):
+        if isinstance(pred, Exception):
+            rows[name]["note"] = str(pred)
             continue
-        v = judge(pred, target, domain)
-        rows.append(dict(row, exact=v.exact, functional=v.functional, wellformed=v.wellformed,
-                         predicted=" ".join(_trim(pred)), note=v.error or ""))
-    return rows
+        v = judge(pred, list(refs[name]), domain)
+        rows[name].update(exact=v.exact, functional=v.functional, wellformed=v.wellformed,
+                          predicted=" ".join(_trim(pred)), note=v.error or "")
+    return list(rows.values())
 
 
-def decompile_weights(flat: np.ndarray, layout: list, trainer, model_params, cfg, vocab,
-                      edges, beam: int = 1) -> list[str]:
-    """Predicted program tokens for one model's flat weights (constrained decoding)."""
-    toks = W.tokenize(flat, layout, cfg["input"])
-    ex = B.Examples(toks.features, toks.kind, toks.layer, toks.index,
-                    np.array([0, len(toks)], np.int64),
-                    np.zeros((1, cfg["max_program_tokens"]), np.int32), np.zeros(1, np.int32),
-                    ["input"], {})
-    decoded = trainer.decode(model_params, ex, edges, 1, _grammar(vocab, cfg["domain"]), beam=beam)
-    return vocab.strs(decoded[0].tolist())
+def decompile_weights(models: Sequence[tuple[np.ndarray, list]], trainer, model_params, cfg,
+                      vocab, edges, beam: int = 1) -> list:
+    """Predicted program tokens (constrained decoding) for each (flat weights, layout);
+    an :class:`~metamodels.weights.InputTooLarge` in place of a model too large to read."""
+    out: list = [None] * len(models)
+    toks = []
+    for i, (flat, layout) in enumerate(models):
+        try:
+            toks.append((i, W.tokenize(flat, layout, cfg["input"])))
+        except W.InputTooLarge as e:
+            out[i] = e
+    if toks:
+        feats = np.concatenate([t.features for _, t in toks])
+        cols = [np.concatenate([getattr(t, c) for _, t in toks]) for c in ("kind", "layer", "index")]
+        offsets = np.concatenate([[0], np.cumsum([len(t) for _, t in toks])]).astype(np.int64)
+        n = len(toks)
+        ex = B.Examples(feats, *cols, offsets, np.zeros((n, cfg["max_program_tokens"]), np.int32),
+                        np.zeros(n, np.int32), [str(i) for i, _ in toks], {})
+        decoded = trainer.decode(model_params, ex, edges, cfg["train"]["eval_batch_size"],
+                                 _grammar(vocab, cfg["domain"]), beam=beam)
+        for k, (i, _) in enumerate(toks):
+            out[i] = vocab.strs(decoded[k].tolist())
+    return out
 
 
 def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int = 1) -> str:
@@ -271,8 +284,10 @@ def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int
         raise ValueError(f"{weights_path}: index {index} out of range (0..{n - 1})")
     r = row(arrays, index)
     trainer = Trainer(cfg, vocab)
-    tokens = decompile_weights(r["weights"], r["layout"], trainer, model_params, cfg, vocab,
-                               edges, beam)
+    (tokens,) = decompile_weights([(r["weights"], r["layout"])], trainer, model_params, cfg,
+                                  vocab, edges, beam)
+    if isinstance(tokens, Exception):
+        raise tokens
     program = decode_tokens(tokens, vocab.tables)
     return render(program, vocab.tables)
 

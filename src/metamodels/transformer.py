@@ -120,8 +120,6 @@ class Decompiler(nn.Module):
 
     def decode(self, memory, weight_mask, program_in):
         p = self.program_embed(program_in)
-        tp = program_in.shape[1]
-        causal = nn.make_causal_mask(program_in)
         if self.architecture == "prefix_lm":
             tw = memory.shape[1]
             x = jnp.concatenate([memory, p], axis=1)
@@ -139,10 +137,10 @@ class Decompiler(nn.Module):
             x = x[:, tw:]
         else:
             x = p
+            causal = nn.make_causal_mask(program_in)
             cross = nn.make_attention_mask(jnp.ones(program_in.shape, bool), weight_mask)
             for blk in self.decoder:
                 x = blk(x, causal, memory, cross)
-        del tp
         return self.head(self.ln_out(x)).astype(jnp.float32)
 
     def __call__(self, batch, program_in):
