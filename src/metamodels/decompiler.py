@@ -27,10 +27,8 @@ from metamodels.tokenizer import Vocab
 TRAIN_KEYS = ["seed", "input", "model", "train", "max_program_tokens"]
 
 
-def _grammar(vocab: Vocab, domain: Mapping, constrained: bool = True):
+def _grammar(vocab: Vocab, domain: Mapping):
     """The decoding grammar; with the zoo's input domain it also tracks value sets."""
-    if not constrained:
-        return None
     from metamodels.grammar import Grammar
     return Grammar(vocab, domain["vocab"], domain["max_seq_len"])
 

@@ -27,7 +27,7 @@ from metamodels import evaluator as E
 from metamodels import lambdas as L
 from metamodels.compiler import compile_program
 from metamodels.program import Program, to_rasp
-from metamodels.tokenizer import BOS, EOS, PAD, DecodeError, decode
+from metamodels.tokenizer import BOS, EOS, PAD, decode
 
 
 def strip(tokens: Sequence[str]) -> list[str]:
@@ -98,7 +98,7 @@ def judge(pred: Sequence[str], target: Sequence[str], domain: Domain,
         program = decode(pred, domain.tables)
         if compile_check:
             compile_program(to_rasp(program, domain.tables), domain.vocab, domain.max_seq_len)
-    except (DecodeError, Exception) as e:  # tracr raises many types on bad programs
+    except Exception as e:  # noqa: BLE001 - DecodeError, and tracr raises many types
         if exact:
             raise AssertionError(f"target does not compile: {target}") from e
         return Verdict(False, False, False, f"{type(e).__name__}: {e}"[:200])

@@ -92,11 +92,10 @@ class Trainer:
         return (ce * w).sum() / n, (correct, w)
 
     def _train_step(self, params, opt_state, batch):
-        (loss, (correct, w)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
+        (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
         updates, opt_state = self.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "correct": correct.sum(), "tokens": w.sum(),
-                                   "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     def _eval_step(self, params, batch):
         loss, (correct, w) = self._loss(params, batch)
@@ -284,5 +283,4 @@ def train_and_evaluate(cfg: Mapping, workdir: str | pathlib.Path, train: B.Examp
     timing["train_s"] = time.perf_counter() - t0 - timing["eval_s"]
     timing["steps"] = max(0, min(steps, stop_after or steps) - start)
     mngr.close()
-    return {"params": params, "history": history, "edges": edges, "timing": timing,
-            "trainer": trainer}
+    return {"params": params, "history": history, "edges": edges, "timing": timing}
