@@ -719,6 +719,16 @@ def _vocab_array(vocab) -> tuple[list, np.dtype]:
     return vals, np.dtype(object)
 
 
+def _value_table(vals: list, dtype: np.dtype) -> np.ndarray:
+    """vals as an array indexable by digit arrays (object arrays keep the exact values)."""
+    if dtype != object:
+        return np.asarray(vals, dtype=np.int64)
+    table = np.empty(len(vals), dtype=object)
+    for i, v in enumerate(vals):
+        table[i] = v
+    return table
+
+
 def all_inputs(vocab, max_seq_len: int, min_len: int = 1) -> list[np.ndarray]:
     """Whole input domain, one [|V|^L, L] array per L in min_len..max_seq_len.
 
@@ -735,13 +745,7 @@ def all_inputs(vocab, max_seq_len: int, min_len: int = 1) -> list[np.ndarray]:
         digits = np.empty((n, L), dtype=np.int64)
         for d in range(L):
             digits[:, d] = (r // (V ** (L - 1 - d))) % V
-        if dtype == object:
-            table = np.empty(V, dtype=object)
-            for i, v in enumerate(vals):
-                table[i] = v
-            out.append(table[digits])
-        else:
-            out.append(np.asarray(vals, dtype=np.int64)[digits])
+        out.append(_value_table(vals, dtype)[digits])
     return out
 
 
@@ -759,11 +763,5 @@ def sample_inputs(vocab, max_seq_len: int, n: int, rng: np.random.Generator) -> 
         if m == 0:
             continue
         digits = rng.integers(0, len(vals), size=(m, L))
-        if dtype == object:
-            table = np.empty(len(vals), dtype=object)
-            for i, v in enumerate(vals):
-                table[i] = v
-            out.append(table[digits])
-        else:
-            out.append(np.asarray(vals, dtype=np.int64)[digits])
+        out.append(_value_table(vals, dtype)[digits])
     return out
