@@ -4,6 +4,10 @@
 #   sample (per shard) ─> compile_shard (per shard) ─> split ─> data/dataset/{train,val,test}
 #                                                           └─> train_decompiler ─> evaluate_decompiler ─> figure3
 #
+#   cnn_zoo_shard (per shard) ─> detect_backdoors (per setting) ─> backdoor_report ─> figure2
+#
+#   train_modadd (per task) ─> analyse_modadd ─> figure_backdoor_heads
+#
 # Each rule calls one verb of `python -m metamodels`; the logic lives in
 # src/metamodels/. params.yaml is validated before any job runs. Use another
 # params file with `--configfile FILE` (see README).
@@ -11,6 +15,8 @@
 include: "rules/common.smk"
 include: "rules/zoo.smk"
 include: "rules/decompiler.smk"
+include: "rules/backdoor.smk"
+include: "rules/modadd.smk"
 
 
 rule all:
@@ -19,3 +25,23 @@ rule all:
         "data/dataset/summary.json",
         "results/figure3.pdf",
     default_target: True
+
+
+rule backdoors:  # seed 000: CNN zoo, backdoor detection, figure 2
+    input:
+        "results/figure2.pdf",
+        "results/metrics/backdoor.json",
+
+
+rule modadd:  # seed 002: modular-addition backdoor heads
+    input:
+        "results/backdoor_heads.pdf",
+        "results/backdoor_patching.csv",
+        "results/metrics/modadd.json",
+
+
+rule everything:  # every paper's results (what dvc.yaml versions)
+    input:
+        rules.all.input,
+        rules.backdoors.input,
+        rules.modadd.input,

@@ -11,6 +11,25 @@ import sys
 sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
 PY
 
+# Real images for the CNN backdoor zoo (default dataset): Debian's dataset-fashion-mnist (MIT),
+# IDX files under /usr/share/datasets/fashion-mnist/. Installed when apt is usable; otherwise
+# the backdoor stage says where to put the files (params: images.fashion_mnist_root).
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -e "$FMNIST/train-images-idx3-ubyte.gz" ] && [ "${SKIP_APT:-0}" != 1 ] \
+   && command -v apt-get >/dev/null 2>&1; then
+  SUDO=()
+  [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && SUDO=(sudo -n); }
+  if [ "$(id -u)" = 0 ] || [ ${#SUDO[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+      || { "${SUDO[@]}" apt-get update -qq >/dev/null 2>&1 \
+           && "${SUDO[@]}" apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
+      || echo "note: could not apt-get install dataset-fashion-mnist; the backdoor zoo needs it" >&2
+  else
+    echo "note: dataset-fashion-mnist is not installed (needs root: apt-get install dataset-fashion-mnist)" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -112,6 +112,41 @@ def cmd_compile(args) -> None:
                  "(a known tracr limitation); the file was written but is not a faithful model")
 
 
+def cmd_cnn_zoo_shard(args) -> None:
+    from metamodels.backdoor import run_zoo_shard
+    run_zoo_shard(_params(args), args.shard, args.out)
+
+
+def cmd_detect_backdoors(args) -> None:
+    from metamodels.backdoor import run_detect
+    run_detect(_params(args), args.zoo, args.setting, args.scores, args.history)
+
+
+def cmd_backdoor_report(args) -> None:
+    from metamodels.backdoor import run_report
+    run_report(_params(args), args.scores, args.zoo, args.metrics, args.roc)
+
+
+def cmd_figure2(args) -> None:
+    from metamodels.figures import figure2
+    figure2(args.metrics, args.roc, args.out)
+
+
+def cmd_modadd_train(args) -> None:
+    from metamodels.modadd import run_train
+    run_train(_params(args), args.task, args.model, args.history)
+
+
+def cmd_modadd_analyse(args) -> None:
+    from metamodels.modadd import run_analyse
+    run_analyse(_params(args), args.models, args.patching, args.attribution, args.metrics)
+
+
+def cmd_figure_backdoor_heads(args) -> None:
+    from metamodels.figures import figure_backdoor_heads
+    figure_backdoor_heads(args.histories, args.attribution, args.patching, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metamodels", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -175,6 +210,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_figure3)
 
+    p = sub.add_parser("cnn-zoo-shard", help="backdoors 1: train one shard of the CNN zoo")
+    _add_params(p)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", required=True, help="zoo shard (.npz)")
+    p.set_defaults(func=cmd_cnn_zoo_shard)
+
+    p = sub.add_parser("detect-backdoors",
+                       help="backdoors 2: train the detector and baseline for one setting")
+    _add_params(p)
+    p.add_argument("--zoo", nargs="+", required=True, help="CNN zoo shards")
+    p.add_argument("--setting", required=True, help="iid | iid_noaug | ood_<attack>")
+    p.add_argument("--scores", required=True, help="output test scores (JSON)")
+    p.add_argument("--history", required=True, help="output training history (JSON)")
+    p.set_defaults(func=cmd_detect_backdoors)
+
+    p = sub.add_parser("backdoor-report", help="backdoors 3: AUC per trigger, ROC table")
+    _add_params(p)
+    p.add_argument("--scores", nargs="+", required=True, help="settings' score files")
+    p.add_argument("--zoo", nargs="+", required=True, help="CNN zoo shards")
+    p.add_argument("--metrics", required=True, help="output metrics (JSON)")
+    p.add_argument("--roc", required=True, help="output ROC curves (CSV)")
+    p.set_defaults(func=cmd_backdoor_report)
+
+    p = sub.add_parser("figure2", help="draw figure 2 (ROC per trigger, AUC bars)")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--roc", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_figure2)
+
+    p = sub.add_parser("modadd-train", help="modadd 1: train every run of one task")
+    _add_params(p)
+    p.add_argument("--task", required=True, help="clean | mod<P1> (a key of modadd.runs)")
+    p.add_argument("--model", required=True, help="output runs' parameters (.npz)")
+    p.add_argument("--history", required=True, help="output per-epoch history (CSV)")
+    p.set_defaults(func=cmd_modadd_train)
+
+    p = sub.add_parser("modadd-analyse", help="modadd 2: head attribution and patching")
+    _add_params(p)
+    p.add_argument("--models", nargs="+", required=True, help="tasks' model files")
+    p.add_argument("--patching", required=True, help="output patching table (CSV)")
+    p.add_argument("--attribution", required=True, help="output head attribution (JSON)")
+    p.add_argument("--metrics", required=True, help="output metrics (JSON)")
+    p.set_defaults(func=cmd_modadd_analyse)
+
+    p = sub.add_parser("figure-backdoor-heads",
+                       help="draw results/backdoor_heads.pdf (curves, attribution, patching)")
+    p.add_argument("--histories", nargs="+", required=True)
+    p.add_argument("--attribution", required=True)
+    p.add_argument("--patching", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_figure_backdoor_heads)
+
     p = sub.add_parser("decompile", help="print the RASP program recovered from a weights file")
     p.add_argument("weights", help="zoo-format weights file (.npz), e.g. from `compile`")
     p.add_argument("--model", default="models/decompiler.npz", help="trained decompiler")
@@ -204,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except C.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from metamodels.images import DatasetError
+        if not isinstance(e, DatasetError):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # missing image data: where to put it, which param
         return 2
     except (ValueError, FileNotFoundError) as e:
         if args.verb not in ("decompile", "compile"):

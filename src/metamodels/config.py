@@ -64,6 +64,19 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
     if "split" in d and abs(sum(d["split"].values()) - 1.0) > 1e-9:
         raise ParamsError(f"{source}: 'dataset.split' fractions must sum to 1, "
                           f"got {sum(d['split'].values())}")
+    m = params.get("modadd", {})
+    if "patching_task" in m and "runs" in m and len(m["runs"]) > 1 \
+            and m["patching_task"] not in m["runs"]:
+        raise ParamsError(f"{source}: 'modadd.patching_task' ({m['patching_task']}) must be one "
+                          f"of the tasks in 'modadd.runs' ({', '.join(m['runs'])})")
+    z = params.get("cnn_zoo", {}).get("models_per_shard", {})
+    if z and not any(v > 0 for k, v in z.items() if k != "clean"):
+        raise ParamsError(f"{source}: 'cnn_zoo.models_per_shard' needs at least one poisoned "
+                          "model per shard")
+    sp = params.get("detector", {}).get("split", {})
+    if sp and sp.get("val", 0) + sp.get("test", 0) >= 1:
+        raise ParamsError(f"{source}: 'detector.split' val + test must leave models to train "
+                          f"on (got {sp['val']} + {sp['test']})")
     weights = s.get("op_weights")
     if weights is not None and not any(weights[k] > 0 for k in
                                        ("Map", "SequenceMap", "Aggregate", "SelectorWidth")):

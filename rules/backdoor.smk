@@ -1,0 +1,74 @@
+# Backdoor detection (seed 000 §3.1): a zoo of clean and poisoned CNNs, detector meta-models
+# and a weight-statistics baseline per setting, AUC per trigger type, figure 2.
+
+
+rule cnn_zoo_shard:
+    output:
+        "data/cnn_zoo/shard_{cnn_shard}.npz",
+    params:
+        cfg=section_params(images=True, cnn_zoo=True),
+    resources:
+        gpu=1,
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/cnn_zoo/shard_{cnn_shard}.log",
+    benchmark:
+        "logs/benchmarks/cnn_zoo/shard_{cnn_shard}.tsv"
+    shell:
+        "python -m metamodels cnn-zoo-shard --config {params.cfg:q} --shard {wildcards.cnn_shard}"
+        " --out {output} 2> {log}"
+
+
+rule detect_backdoors:
+    input:
+        cnn_zoo_shards(),
+    output:
+        scores="results/backdoor/scores_{setting}.json",
+        history="results/backdoor/history_{setting}.json",
+    params:
+        cfg=section_params(detector=True),
+    resources:
+        gpu=1,
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/backdoor/detect_{setting}.log",
+    benchmark:
+        "logs/benchmarks/backdoor/detect_{setting}.tsv"
+    shell:
+        "python -m metamodels detect-backdoors --config {params.cfg:q} --setting {wildcards.setting}"
+        " --zoo {input} --scores {output.scores} --history {output.history} 2> {log}"
+
+
+rule backdoor_report:
+    input:
+        scores=expand("results/backdoor/scores_{setting}.json", setting=DETECTION_SETTINGS),
+        zoo=cnn_zoo_shards(),
+    output:
+        metrics="results/metrics/backdoor.json",
+        roc="results/backdoor/roc.csv",
+    params:
+        cfg=section_params(cnn_zoo=["asr_threshold"]),
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/backdoor/report.log",
+    shell:
+        "python -m metamodels backdoor-report --config {params.cfg:q} --scores {input.scores}"
+        " --zoo {input.zoo} --metrics {output.metrics} --roc {output.roc} 2> {log}"
+
+
+rule figure2:
+    input:
+        metrics="results/metrics/backdoor.json",
+        roc="results/backdoor/roc.csv",
+    output:
+        "results/figure2.pdf",
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/figure2.log",
+    shell:
+        "python -m metamodels figure2 --metrics {input.metrics} --roc {input.roc} --out {output}"
+        " 2> {log}"

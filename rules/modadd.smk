@@ -1,0 +1,54 @@
+# Modular-addition backdoor (seed 002): train small transformers with and without a
+# backdoor, attribute the backdoor to attention heads, patch them, draw the figure.
+
+
+rule train_modadd:
+    output:
+        model="models/modadd/{task}.npz",
+        history="results/modadd/{task}_history.csv",
+    params:
+        cfg=modadd_task_params,
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        stderr="logs/modadd/train_{task}.log",
+    benchmark:
+        "logs/benchmarks/modadd/train_{task}.tsv"
+    shell:
+        "python -m metamodels modadd-train --config {params.cfg:q} --task {wildcards.task}"
+        " --model {output.model} --history {output.history} 2> {log.stderr}"
+
+
+rule analyse_modadd:
+    input:
+        models=expand("models/modadd/{task}.npz", task=MODADD_TASKS),
+    output:
+        patching="results/backdoor_patching.csv",
+        attribution="results/modadd/attribution.json",
+        metrics="results/metrics/modadd.json",
+    params:
+        cfg=section_params(modadd=["patching_task"]),
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/modadd/analyse.log",
+    shell:
+        "python -m metamodels modadd-analyse --config {params.cfg:q} --models {input.models}"
+        " --patching {output.patching} --attribution {output.attribution}"
+        " --metrics {output.metrics} 2> {log}"
+
+
+rule figure_backdoor_heads:
+    input:
+        histories=expand("results/modadd/{task}_history.csv", task=MODADD_TASKS),
+        attribution="results/modadd/attribution.json",
+        patching="results/backdoor_patching.csv",
+    output:
+        "results/backdoor_heads.pdf",
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/figure_backdoor_heads.log",
+    shell:
+        "python -m metamodels figure-backdoor-heads --histories {input.histories}"
+        " --attribution {input.attribution} --patching {input.patching} --out {output} 2> {log}"
