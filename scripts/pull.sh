@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Restore versioned data in a clone: `dvc pull`, then tell Snakemake it is up to date.
-#
-# Pulled files get new modification times, and the .snakemake/ metadata is not
-# versioned, so without the second step Snakemake would rerun jobs. The data is
-# only marked up to date if `dvc status` confirms it matches dvc.yaml (same
-# commands, i.e. same params, same inputs). Extra arguments go to `dvc pull`.
+# Restore the outputs recorded in dvc.lock (`dvc pull`), check that they match
+# the current dvc.yaml (same commands, hence the same params), and mark them up
+# to date for Snakemake (`snakemake --touch`: pulled files get new modification
+# times and .snakemake/ metadata is not versioned). Extra arguments go to `dvc pull`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-dvc pull "$@"
-if ! dvc status --quiet; then
-  dvc status >&2
+mapfile -t locked < <(python -m metamodels dvc-stages locked)
+if [ ${#locked[@]} -eq 0 ]; then
+  echo "pull.sh: dvc.lock records no stage; nothing to pull" >&2
+  exit 1
+fi
+dvc pull "$@" "${locked[@]}"
+if ! dvc status --quiet "${locked[@]}"; then
+  dvc status "${locked[@]}" >&2
   echo "pull.sh: the pulled data does not match dvc.yaml (params or rules changed since" \
        "dvc.lock was committed); not marking it up to date. Run snakemake to rebuild." >&2
   exit 1
 fi
-snakemake all --touch --cores 1 --quiet
+mapfile -t outputs < <(python -m metamodels dvc-stages locked --outputs)
+snakemake "${outputs[@]}" --touch --cores 1 --quiet

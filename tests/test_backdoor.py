@@ -118,3 +118,14 @@ def test_tiny_zoo_detector_report_and_figure(tmp_path, default_params):
     assert first.startswith(b"%PDF")
     figure2(metrics, roc, str(pdf))
     assert pdf.read_bytes() == first                         # same inputs, same bytes
+
+
+def test_missing_images_fail_with_where_to_put_them(tmp_path, default_params, capsys):
+    from metamodels.__main__ import main
+    cfg = {"images": {**default_params["images"], "fashion_mnist_root": str(tmp_path / "none")},
+           "cnn_zoo": default_params["cnn_zoo"]}
+    code = main(["cnn-zoo-shard", "--config", json.dumps(cfg), "--shard", "0",
+                 "--out", str(tmp_path / "s.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "images.fashion_mnist_root" in err and "dataset-fashion-mnist" in err
+    assert not (tmp_path / "s.npz").exists()

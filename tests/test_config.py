@@ -75,3 +75,28 @@ def test_params_files_are_valid_over_the_defaults(name):
         d = p["decompiler"]
         assert d["model"]["d_model"] == 256 and d["train"]["batch_size"] == 256
         assert p["zoo"]["shards"] * p["zoo"]["programs_per_shard"] == 1_600_000
+
+
+def test_paper_params_follow_seeds_000_and_002():
+    import yaml
+    root = pathlib.Path(__file__).resolve().parents[1]
+    paper = yaml.safe_load((root / "params" / "paper.yaml").read_text())
+    assert paper["images"]["dataset"] == "cifar10" and paper["images"]["train_limit"] == 0
+    assert paper["modadd"]["train"]["p0"] == 113
+    assert paper["modadd"]["train"]["train_fraction"] == 0.3
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda p: p["modadd"].update(patching_task="mod5"), "modadd.patching_task"),
+    (lambda p: p["modadd"]["runs"].update(mod0=1), "modadd.runs"),
+    (lambda p: p["cnn_zoo"].update(models_per_shard={"clean": 4, "patch4": 0}),
+     "cnn_zoo.models_per_shard"),
+    (lambda p: p["detector"].update(split={"val": 0.5, "test": 0.5}), "detector.split"),
+    (lambda p: p["images"].update(dataset="svhn"), "images.dataset"),
+    (lambda p: p["detector"].update(ood_train_attacks=["ood_square"]),
+     "detector.ood_train_attacks"),
+])
+def test_backdoor_and_modadd_params_are_checked(params, edit, needle):
+    edit(params)
+    with pytest.raises(config.ParamsError, match=needle.replace(".", r"\.")):
+        config.validate(params)

@@ -80,6 +80,13 @@ def cmd_dvc_yaml(args) -> None:
     print(f"[dvc-yaml] wrote {args.out}", file=sys.stderr)
 
 
+def cmd_dvc_stages(args) -> None:
+    from metamodels import versioning
+    found = versioning.stages(".", args.which)
+    items = sorted({p for outs in found.values() for p in outs}) if args.outputs else sorted(found)
+    print("\n".join(items))
+
+
 def cmd_train_decompiler(args) -> None:
     from metamodels.decompiler import run_train
     run_train(_params(args), args.train, args.val, args.vocab, args.model, args.history,
@@ -285,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="dvc.yaml")
     p.add_argument("--configfile", help="params file the DAG is built from (default params.yaml)")
     p.set_defaults(func=cmd_dvc_yaml)
+
+    p = sub.add_parser("dvc-stages", help="list dvc.yaml stages that are built or locked")
+    p.add_argument("which", choices=["built", "locked"])
+    p.add_argument("--outputs", action="store_true", help="print their outputs instead")
+    p.set_defaults(func=cmd_dvc_stages)
 
     args = ap.parse_args(argv)
     try:

@@ -41,7 +41,8 @@ Baseline
 
 Metrics
     :func:`roc_curve`, :func:`auc` (exact Mann-Whitney statistic, ties count one half),
-    :func:`evaluate_by_attack` and the out-of-distribution splits :func:`ood_splits`.
+    :func:`evaluate_by_attack` (the stage's splits, OOD included, are in
+    :mod:`metamodels.backdoor`).
 """
 
 from __future__ import annotations
@@ -552,37 +553,3 @@ def evaluate_by_attack(scores, labels, attacks: Sequence[str], threshold: float 
             "fpr": fpr.tolist(), "tpr": tpr.tolist(),
             "thresholds": [None if math.isinf(t) else float(t) for t in th]}
     return out
-
-
-def ood_splits(attacks: Sequence[str], seed: int = 0, clean_test_fraction: float = 0.3,
-               val_fraction: float = 0.1,
-               families: Mapping[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Train-on-one-family, test-on-the-others splits, deterministic in ``seed``.
-
-    ``attacks[i]`` is the attack of model i (``"clean"`` for clean); ``families`` maps an
-    attack to its family (default: each attack is its own family). One held-out set of
-    clean models (``clean_test_fraction`` of them, seeded) is shared by all splits. For
-    each family F: ``train``/``val`` = the other clean models and F's poisoned models,
-    split ``1 - val_fraction : val_fraction`` (seeded, separately per class); ``test`` =
-    the held-out clean models plus every poisoned model not in F. Index arrays are sorted.
-    """
-    a = np.asarray([str(t) for t in attacks])
-    fam = np.array([CLEAN if t == CLEAN else (families or {}).get(t, t) for t in a])
-    clean = np.nonzero(a == CLEAN)[0]
-    perm = np.random.default_rng([seed, 0]).permutation(clean)
-    n_test = int(round(clean_test_fraction * len(clean)))
-    clean_test, clean_rest = perm[:n_test], perm[n_test:]
-    out = {}
-    for k, f in enumerate(sorted(set(fam.tolist()) - {CLEAN})):
-        own = np.nonzero(fam == f)[0]
-        tr, va = [], []
-        for c, group in enumerate((clean_rest, own)):
-            g = np.random.default_rng([seed, 1 + k, c]).permutation(np.sort(group))
-            nv = int(round(val_fraction * len(g)))
-            va.append(g[:nv])
-            tr.append(g[nv:])
-        other = np.nonzero((fam != f) & (fam != CLEAN))[0]
-        out[f] = {"train": np.sort(np.concatenate(tr)), "val": np.sort(np.concatenate(va)),
-                  "test": np.sort(np.concatenate([clean_test, other]))}
-    return out
-

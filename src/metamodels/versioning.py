@@ -70,8 +70,9 @@ def dvc_yaml(jobs: list[dict]) -> str:
     stages = {}
     for rule in sorted(by_rule):
         group = sorted(by_rule[rule], key=lambda j: sorted(j["outs"]))
+        suffixes = _suffixes(group)
         for k, job in enumerate(group):
-            name = rule if len(group) == 1 else f"{rule}_{_suffix(job, k)}"
+            name = rule if len(group) == 1 else f"{rule}_{suffixes[k]}"
             log_dirs = sorted({str(pathlib.Path(p).parent) for p in job["logs"]})
             cmd = " ".join(job["cmd"].split())
             if log_dirs:
@@ -102,14 +103,20 @@ def _by_kind(outs: list[str]) -> dict[str, list]:
     return kinds
 
 
-def _suffix(job: dict, k: int) -> str:
-    """Stage-name suffix of one job of a rule with several: its shard number or output name."""
-    first = sorted(job["outs"])[0]
-    m = re.search(r"shard_(\d+)", first)
-    if m:
-        return m.group(1)
-    stem = re.sub(r"[^A-Za-z0-9]+", "_", pathlib.Path(first).name.split(".")[0]).strip("_")
-    return stem or f"{k:05d}"
+def _suffixes(group: list[dict]) -> list[str]:
+    """Stage-name suffixes of the jobs of one rule: shard numbers, else what differs between
+    their first outputs' names (``history_iid``, ``history_ood_x`` -> ``iid``, ``ood_x``)."""
+    firsts = [sorted(job["outs"])[0] for job in group]
+    shards = [re.search(r"shard_(\d+)", f) for f in firsts]
+    if all(shards):
+        return [m.group(1) for m in shards]
+    words = [re.sub(r"[^A-Za-z0-9]+", "_", pathlib.Path(f).name.split(".")[0]).strip("_")
+             .split("_") for f in firsts]
+    common = set.intersection(*(set(w) for w in words))
+    out = ["_".join(x for x in w if x not in common) for w in words]
+    if len(set(out)) != len(out) or not all(out):
+        out = ["_".join(w) or f"{k:05d}" for k, w in enumerate(words)]
+    return out
 
 
 def write(path: str | os.PathLike = "dvc.yaml", workdir: str | os.PathLike = ".",
@@ -118,3 +125,29 @@ def write(path: str | os.PathLike = "dvc.yaml", workdir: str | os.PathLike = "."
     text = dvc_yaml(snakemake_jobs(workdir, extra_args=extra_args))
     shards.write_bytes(pathlib.Path(workdir) / path, text.encode())
     return text
+
+
+def stage_outputs(stage: dict) -> list[str]:
+    """Every path a dvc.yaml stage writes (outs, metrics and plots)."""
+    paths = []
+    for kind in ("outs", "metrics", "plots"):
+        for item in stage.get(kind, []):
+            paths.append(item if isinstance(item, str) else next(iter(item)))
+    return paths
+
+
+def stages(workdir: str | os.PathLike = ".", which: str = "built") -> dict[str, list[str]]:
+    """dvc.yaml stages -> outputs, limited to those ``built`` (every output exists here) or
+    ``locked`` (recorded in dvc.lock). push.sh commits the built ones, so a run of one paper's
+    targets can be versioned without running the others; pull.sh restores the locked ones."""
+    root = pathlib.Path(workdir)
+    all_stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    if which == "built":
+        keep = {n for n, s in all_stages.items()
+                if all((root / p).exists() for p in stage_outputs(s))}
+    elif which == "locked":
+        lock = root / "dvc.lock"
+        keep = set(yaml.safe_load(lock.read_text())["stages"]) if lock.exists() else set()
+    else:
+        raise ValueError(f"which must be 'built' or 'locked', got {which!r}")
+    return {n: stage_outputs(s) for n, s in all_stages.items() if n in keep}
