@@ -599,6 +599,10 @@ def run_analyse(params: Mapping, model_paths: Sequence[str], patching_out: str,
     metrics["patching"] = {
         "task": m["patching_task"], "runs": len(rows),
         "single_head_runs": int(sum(found)),
+        "runs_with_a_head_below_10pct": int(sum(
+            any(row[f"head_{h}"] < 0.10 for h in range(n_heads)) for row in rows)),
+        "lowest_single_head": [round(min(row[f"head_{h}"] for h in range(n_heads)), 4)
+                               for row in rows],
         "criterion": "one head's patch < 10% backdoor accuracy, every other single head > 90%",
         "mean": {c: round(float(np.mean([row[c] for row in rows])), 4) for c in cols}}
     S.write_bytes(patching_out, ("\n".join(lines) + "\n").encode())
