@@ -298,16 +298,15 @@ def run_report(params: Mapping, score_paths: Sequence[str], zoo_paths: Sequence[
     S.write_bytes(roc_out, ("\n".join(roc_rows) + "\n").encode())
 
 
-def _median(x: np.ndarray) -> float | None:
-    x = np.asarray(x, float)
-    x = x[~np.isnan(x)]
-    return float(np.median(x)) if len(x) else None
-
-
 def _quantiles(x: np.ndarray) -> dict:
+    """min / p10 / median / p90 / max of the non-NaN values ({} when there are none)."""
     x = np.asarray(x, float)
     x = x[~np.isnan(x)]
     if not len(x):
         return {}
     q = np.quantile(x, [0.0, 0.1, 0.5, 0.9, 1.0])
     return dict(zip(("min", "p10", "median", "p90", "max"), (round(float(v), 4) for v in q)))
+
+
+def _median(x: np.ndarray) -> float | None:
+    return _quantiles(x).get("median")
