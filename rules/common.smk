@@ -1,7 +1,5 @@
 # Shared setup: configuration, validation, and path helpers for every stage.
 
-import json
-
 from metamodels import config as params_schema
 from metamodels.backdoor import setting_names as detection_settings
 
@@ -55,7 +53,6 @@ MODADD_TASKS = list(config["modadd"]["runs"])
 def modadd_task_params(wildcards):
     """JSON of what one modadd task trains with: its rerun trigger ignores the other tasks."""
     m = config["modadd"]
-    return json.dumps(
-        {"modadd": {"seed": m["seed"], "train": m["train"],
-                    "runs": {wildcards.task: m["runs"][wildcards.task]}}},
-        sort_keys=True, separators=(",", ":"))
+    one_task = {"seed": m["seed"], "train": m["train"],
+                "runs": {wildcards.task: m["runs"][wildcards.task]}}
+    return params_schema.sections({"modadd": one_task}, modadd=True)

@@ -132,12 +132,14 @@ def run_zoo_shard(params: Mapping, shard: int, out: str) -> None:
 COLUMNS = ("weights", "attack", "target", "seed", "model_index", "clean_acc", "asr", "poisoned")
 
 
-def load_zoo(paths: Sequence[str]) -> dict:
-    """The zoo shards concatenated (the :data:`COLUMNS` plus ``layout``)."""
+def load_zoo(paths: Sequence[str], weights: bool = True) -> dict:
+    """The zoo shards concatenated (the :data:`COLUMNS` plus ``layout``); ``weights=False``
+    skips reading the weights (all a summary needs is the labels)."""
     if not paths:
         raise ValueError("no CNN zoo shards given")
-    parts = [S.load_npz(p) for p in paths]
-    zoo = {k: np.concatenate([p[k] for p in parts]) for k in COLUMNS}
+    columns = [k for k in COLUMNS if weights or k != "weights"]
+    parts = [S.load_npz(p, [*columns, "layout"]) for p in paths]
+    zoo = {k: np.concatenate([p[k] for p in parts]) for k in columns}
     layouts = {str(p["layout"][0]) for p in parts}
     if len(layouts) != 1:
         raise ValueError(f"zoo shards {list(paths)} have different CNN layouts; rebuild them "
@@ -260,7 +262,7 @@ def run_report(params: Mapping, score_paths: Sequence[str], zoo_paths: Sequence[
                metrics_out: str, roc_out: str) -> None:
     """``results/metrics/backdoor.json`` and the ROC table (CSV) from the settings' scores."""
     from metamodels import detector as D
-    zoo = load_zoo(zoo_paths)
+    zoo = load_zoo(zoo_paths, weights=False)
     settings = {}
     roc_rows = ["setting,method,attack,ood,fpr,tpr"]
     for path in score_paths:

@@ -576,9 +576,8 @@ def run_analyse(params: Mapping, model_paths: Sequence[str], patching_out: str,
             "backdoor_accuracy": None if t["clean"] else
             [round(float(v), 4) for v in finals[:, 3]],
             "train_s": t["train_s"]}
-        data = {"tokens": np.concatenate([all_pairs(p0, 0)] +
-                                         ([] if t["clean"] else [all_pairs(p0, 1)])),}
-        data["trigger"] = data["tokens"][:, 2] == 1
+        tokens = np.concatenate([all_pairs(p0, 0)] + ([] if t["clean"] else [all_pairs(p0, 1)]))
+        data = {"tokens": tokens, "trigger": tokens[:, 2] == 1}
         attribution[name] = []
         for r in range(runs):
             res = head_attribution(run_params(t["params"], r), data, t["p1"])

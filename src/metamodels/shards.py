@@ -106,7 +106,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
                 zf.writestr(info, buf.getvalue(), compresslevel=6)
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an .npz (pickle disabled)."""
+def load_npz(path: str | os.PathLike, keys=None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (pickle disabled): all, or only `keys` (the others are not read)."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in (z.files if keys is None else keys)}
