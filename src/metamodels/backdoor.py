@@ -300,10 +300,14 @@ def run_report(params: Mapping, score_paths: Sequence[str], zoo_paths: Sequence[
     S.write_bytes(roc_out, ("\n".join(roc_rows) + "\n").encode())
 
 
-def _quantiles(x: np.ndarray) -> dict:
-    """min / p10 / median / p90 / max of the non-NaN values ({} when there are none)."""
+def _finite(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, float)
-    x = x[~np.isnan(x)]
+    return x[~np.isnan(x)]
+
+
+def _quantiles(x: np.ndarray) -> dict:
+    """min / p10 / median / p90 / max of the non-NaN values, rounded ({} when there are none)."""
+    x = _finite(x)
     if not len(x):
         return {}
     q = np.quantile(x, [0.0, 0.1, 0.5, 0.9, 1.0])
@@ -311,4 +315,6 @@ def _quantiles(x: np.ndarray) -> dict:
 
 
 def _median(x: np.ndarray) -> float | None:
-    return _quantiles(x).get("median")
+    """Median of the non-NaN values, unrounded (None when there are none)."""
+    x = _finite(x)
+    return float(np.median(x)) if len(x) else None
