@@ -149,6 +149,11 @@ class CompiledModel:
     ``unembed_indices[j]`` is the residual dimension read by output dimension
     ``j``; tracr's unembedding is the 0/1 projection matrix
     ``P[unembed_indices[j], j] = 1`` (see :meth:`unembed_matrix`).
+
+    ``unembed`` replaces that projection with an explicit [residual, output]
+    matrix in models whose residual stream was rotated or compressed
+    (:mod:`metamodels.desparsify`, :mod:`metamodels.distill`); their
+    ``residual_labels`` are then plain coordinate names.
     """
 
     params: dict[str, dict[str, np.ndarray]]
@@ -165,6 +170,7 @@ class CompiledModel:
     categorical_output: bool
     unembed_indices: list[int] = dataclasses.field(default_factory=list)
     output_labels: list[str] = dataclasses.field(default_factory=list)
+    unembed: np.ndarray | None = None
 
     # -- derived properties ---------------------------------------------------
 
@@ -191,7 +197,9 @@ class CompiledModel:
         return _index_of(self.input_tokens, self.pad_token)
 
     def unembed_matrix(self) -> np.ndarray:
-        """The [residual, output] 0/1 projection matrix tracr unembeds with."""
+        """The [residual, output] matrix the model unembeds with (tracr's is 0/1)."""
+        if self.unembed is not None:
+            return np.asarray(self.unembed, np.float32)
         m = np.zeros((self.residual_size, len(self.unembed_indices)), np.float32)
         m[self.unembed_indices, np.arange(len(self.unembed_indices))] = 1.0
         return m
@@ -279,6 +287,8 @@ class CompiledModel:
             unembed_indices=[int(i) for i in self.unembed_indices],
             output_labels=list(self.output_labels),
             param_names=[e["name"] for e in self.layout()],
+            **({} if self.unembed is None else
+               {"unembed": np.asarray(self.unembed, np.float32).tolist()}),
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -310,6 +320,8 @@ class CompiledModel:
             categorical_output=bool(meta["categorical_output"]),
             unembed_indices=[int(i) for i in meta["unembed_indices"]],
             output_labels=list(meta["output_labels"]),
+            unembed=(None if meta.get("unembed") is None
+                     else np.asarray(meta["unembed"], np.float32)),
         )
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:

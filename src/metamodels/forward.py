@@ -21,7 +21,7 @@ import numpy as np
 
 from metamodels.compiler import CompiledModel
 
-__all__ = ["encode", "forward_ids", "forward_residuals", "run"]
+__all__ = ["encode", "forward_ids", "forward_logits", "forward_residuals", "run"]
 
 
 def _token_ids(model: CompiledModel) -> dict:
@@ -121,6 +121,16 @@ def forward_residuals(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -
     return out
 
 
+def forward_logits(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """The unembedded output before decoding: [B, T, outputs] in ``dtype``."""
+    if not model.unembed_indices:
+        raise ValueError("model has no unembedding (unembed_indices is empty)")
+    x = forward_residuals(model, ids, dtype)[-1]
+    if model.unembed is not None:
+        return x @ np.asarray(model.unembed, dtype)
+    return x[..., model.unembed_indices]  # == x @ model.unembed_matrix()
+
+
 def forward_ids(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Runs the model on ids [B, T] (BOS included at position 0).
 
@@ -128,10 +138,7 @@ def forward_ids(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> np.n
     ``model.output_values`` for categorical models, [B, T] floats for numerical
     ones (in ``dtype``).
     """
-    if not model.unembed_indices:
-        raise ValueError("model has no unembedding (unembed_indices is empty)")
-    x = forward_residuals(model, ids, dtype)[-1]
-    out = x[..., model.unembed_indices]  # == x @ model.unembed_matrix()
+    out = forward_logits(model, ids, dtype)
     if model.categorical_output:
         return np.argmax(out, axis=-1)
     if out.shape[-1] == 1:
