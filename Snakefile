@@ -4,6 +4,9 @@
 #   sample (per shard) ─> compile_shard (per shard) ─> split ─> data/dataset/{train,val,test}
 #                                                           └─> train_decompiler ─> evaluate_decompiler ─> figure3
 #
+#   data/dataset ─> variant_shard (per variant, split, shard) ─> train_variant_decompiler ─>
+#                   evaluate_variant_decompiler (per variant) ─> variants_report ─> figure_variants
+#
 #   cnn_zoo_shard (per shard) ─> detect_backdoors (per setting) ─> backdoor_report ─> figure2
 #
 #   train_modadd (per task) ─> analyse_modadd ─> figure_backdoor_heads
@@ -15,6 +18,7 @@
 include: "rules/common.smk"
 include: "rules/zoo.smk"
 include: "rules/decompiler.smk"
+include: "rules/variants.smk"
 include: "rules/backdoor.smk"
 include: "rules/modadd.smk"
 
@@ -25,6 +29,12 @@ rule all:
         "data/dataset/summary.json",
         "results/figure3.pdf",
     default_target: True
+
+
+rule variants:  # seed 001 §3.2 + thesis ch. 6-7: the decompiler on de-sparsified and distilled zoos
+    input:
+        "results/figure_variants.pdf",
+        "results/variants.csv",
 
 
 rule backdoors:  # seed 000: CNN zoo, backdoor detection, figure 2
@@ -43,5 +53,6 @@ rule modadd:  # seed 002: modular-addition backdoor heads
 rule everything:  # every paper's results (what dvc.yaml versions)
     input:
         rules.all.input,
+        rules.variants.input,
         rules.backdoors.input,
         rules.modadd.input,

@@ -19,6 +19,8 @@ wildcard_constraints:
     cnn_shard=r"\d{3}",
     setting=r"iid|iid_noaug|ood_\w+",
     task=r"clean|mod\d+",
+    variant="standard|orthogonal|pca|compressed|natural",
+    vshard=r"\d{3}",
 
 
 def section_params(**wanted):
@@ -56,3 +58,35 @@ def modadd_task_params(wildcards):
     one_task = {"seed": m["seed"], "train": m["train"],
                 "runs": {wildcards.task: m["runs"][wildcards.task]}}
     return params_schema.sections({"modadd": one_task}, modadd=True)
+
+
+VARIANTS = config["variants"]["decompile"]
+
+
+def variant_shards(variant, split):
+    n = config["dataset"]["shards"][split]
+    return [f"data/variants/{variant}/{split}/shard_{j:03d}.npz" for j in range(n)]
+
+
+def variant_params(wildcards):
+    """JSON of what one variant's shards are made with: editing the PCA params does not
+    rerun the distilled variants, and editing distillation does not rerun PCA."""
+    v = config["variants"]
+    mine = {"seed": v["seed"], "programs_per_shard": v["programs_per_shard"]}
+    if wildcards.variant == "pca":
+        mine["pca"] = v["pca"]
+    elif wildcards.variant in ("compressed", "natural"):
+        mine["distill"] = v["distill"]
+    return params_schema.sections(
+        {"zoo": config["zoo"], "verify": config["verify"], "variants": mine},
+        zoo=["seed", "vocab", "max_seq_len"], verify=True, variants=True)
+
+
+def variant_decompiler_params():
+    """The decompiler's params with variants.decompiler's overrides of its training."""
+    d = dict(config["decompiler"])
+    d["train"] = {**d["train"], **config["variants"]["decompiler"]}
+    return params_schema.sections(
+        {"zoo": config["zoo"], "decompiler": d},
+        zoo=["vocab", "max_seq_len"],
+        decompiler=["seed", "max_program_tokens", "input", "model", "train"])

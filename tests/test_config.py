@@ -95,6 +95,9 @@ def test_paper_params_follow_seeds_000_and_002():
     (lambda p: p["images"].update(dataset="svhn"), "images.dataset"),
     (lambda p: p["detector"].update(ood_train_attacks=["ood_square"]),
      "detector.ood_train_attacks"),
+    (lambda p: p["variants"].update(decompile=["standard", "sparse"]), "variants.decompile"),
+    (lambda p: p["variants"]["pca"].update(ratio=1.5), "variants.pca.ratio"),
+    (lambda p: p["variants"]["decompiler"].update(layers=2), "variants.decompiler"),
 ])
 def test_backdoor_and_modadd_params_are_checked(params, edit, needle):
     edit(params)

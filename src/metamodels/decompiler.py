@@ -8,8 +8,6 @@ weight-token bucket lengths), so they load with ``numpy.load`` alone.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import pathlib
 import sys
@@ -112,7 +110,7 @@ def run_train(params: Mapping, train_paths: Sequence[str], val_paths: Sequence[s
                                                      flatten(res["params"]).values())),
                                "config": cfg})
     fields = ["step", "train_loss", "val_loss", "val_token_accuracy", "val_exact_accuracy"]
-    S.write_bytes(curve_out, _csv(res["history"], fields).encode())
+    S.write_bytes(curve_out, S.csv_text(res["history"], fields).encode())
     if timing_out:
         S.write_json(timing_out, dict(res["timing"], load_s=load_s))
     return res
@@ -182,7 +180,7 @@ def run_evaluate(params: Mapping, model_path: str, test_paths: Sequence[str],
     S.write_json(predictions_out, {"decoding": primary, "predictions": preds})
     rows = _reference_rows(reference_programs(params), params, trainer, model_params, cfg,
                            vocab, edges, domain)
-    S.write_bytes(reference_out, _csv(rows, REFERENCE_FIELDS).encode())
+    S.write_bytes(reference_out, S.csv_text(rows, REFERENCE_FIELDS).encode())
     metrics["reference_programs"] = {r["program"]: r["exact"] for r in rows}
     S.write_json(metrics_out, metrics)
     if timing_out:
@@ -197,15 +195,6 @@ def _trim(tokens: list[str]) -> list[str]:
 
 REFERENCE_FIELDS = ["program", "length", "exact", "functional", "wellformed", "target",
                     "predicted", "note"]
-
-
-def _csv(rows: list[dict], fields: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k, "") for k in fields})
-    return buf.getvalue()
 
 
 def _reference_rows(refs: Mapping[str, tuple], params, trainer, model_params, cfg, vocab,

@@ -15,6 +15,7 @@ over the target only when complete, so a crash never leaves a partial file.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -68,6 +69,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(pathlib.Path(path).read_text())
+
+
+def csv_text(rows: list[Mapping[str, Any]], fields: list[str]) -> str:
+    """CSV of ``rows`` with header ``fields`` (missing keys and None are empty cells)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in fields})
+    return buf.getvalue()
 
 
 def text_array(strings: list[str]) -> np.ndarray:
