@@ -34,6 +34,11 @@ def tiny_params() -> dict:
     d["train"].update(steps=6, batch_size=4, warmup_steps=2, log_every=3, eval_every=3,
                       eval_batch_size=8, eval_exact_programs=4)
     d["input"]["buckets"] = 1
+    # Variant zoos: two of the five (PCA and distilled students), a few programs each.
+    v = p["variants"]
+    v.update(programs_per_shard=3, decompile=["pca", "compressed"])
+    v["distill"].update(group_size=2, steps=20, eval_every=10, warmup_steps=2)
+    v["decompiler"].update(steps=6, warmup_steps=2, eval_every=3)
     # Backdoor detection on a CIFAR-layout fixture (written by `workspace`), tiny CNNs.
     p["images"].update(dataset="cifar10", cifar10_root="fixtures/cifar10", download=False,
                        train_limit=0, test_limit=0)
@@ -144,19 +149,32 @@ def test_bad_params_fail_before_any_job(tmp_path, section, key, value, needle):
 
 
 DECOMPILER = {"train_decompiler": 1, "evaluate_decompiler": 1, "figure3": 1}
+VARIANT_DECOMPILERS = {"train_variant_decompiler": 2, "evaluate_variant_decompiler": 2,
+                       "variants_report": 1, "figure_variants": 1}
+VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dataset shards
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda p: p["dataset"]["split"].update(train=0.5, val=0.3), {"split": 1, **DECOMPILER}),
-    (lambda p: p["dataset"]["shards"].update(train=3), {"split": 1, **DECOMPILER}),
-    (lambda p: p["compile"].update(timeout_s=61), {"compile_shard": 2, "split": 1, **DECOMPILER}),
+    (lambda p: p["dataset"]["split"].update(train=0.5, val=0.3),
+     {"split": 1, **DECOMPILER, **VARIANTS}),
+    (lambda p: p["dataset"]["shards"].update(train=3),
+     {"split": 1, **DECOMPILER, **VARIANTS, "variant_shard": 2 * 5}),
+    (lambda p: p["compile"].update(timeout_s=61),
+     {"compile_shard": 2, "split": 1, **DECOMPILER, **VARIANTS}),
     (lambda p: p["zoo"].update(seed=1),
-     {"sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER}),
+     {"sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER, **VARIANTS}),
     (lambda p: p["sampler"].update(max_length=7),
-     {"vocab": 1, "sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER}),
+     {"vocab": 1, "sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER, **VARIANTS}),
+    # variants.decompiler overrides decompiler.train.steps: the variant decompilers stay
     (lambda p: p["decompiler"]["train"].update(steps=7), DECOMPILER),
+    (lambda p: p["decompiler"]["train"].update(batch_size=5),
+     {**DECOMPILER, **VARIANT_DECOMPILERS}),
     (lambda p: p["decompiler"]["evaluate"].update(beam=2),
-     {"evaluate_decompiler": 1, "figure3": 1}),
+     {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
+      "variants_report": 1, "figure_variants": 1}),
+    (lambda p: p["variants"]["pca"].update(ratio=0.7),   # the distilled students stay
+     {"variant_shard": 4, "train_variant_decompiler": 1, "evaluate_variant_decompiler": 1,
+      "variants_report": 1, "figure_variants": 1}),
     (lambda p: p["detector"]["model"].update(steps=5),
      {"detect_backdoors": 3, "backdoor_report": 1, "figure2": 1}),
     (lambda p: p["cnn_zoo"].update(asr_threshold=0.1),

@@ -104,18 +104,22 @@ def _by_kind(outs: list[str]) -> dict[str, list]:
 
 
 def _suffixes(group: list[dict]) -> list[str]:
-    """Stage-name suffixes of the jobs of one rule: shard numbers, else what differs between
-    their first outputs' names (``history_iid``, ``history_ood_x`` -> ``iid``, ``ood_x``)."""
+    """Stage-name suffixes of the jobs of one rule: shard numbers when they tell the jobs apart,
+    else what differs between their first outputs' paths (``results/backdoor/history_iid``,
+    ``.../history_ood_x`` -> ``iid``, ``ood_x``; ``data/variants/pca/train/shard_000`` ->
+    ``pca_train_000``)."""
     firsts = [sorted(job["outs"])[0] for job in group]
     shards = [re.search(r"shard_(\d+)", f) for f in firsts]
-    if all(shards):
+    if all(shards) and len({m.group(1) for m in shards}) == len(group):
         return [m.group(1) for m in shards]
-    words = [re.sub(r"[^A-Za-z0-9]+", "_", pathlib.Path(f).name.split(".")[0]).strip("_")
-             .split("_") for f in firsts]
+    words = [re.sub(r"[^A-Za-z0-9]+", "_", f.rsplit(".", 1)[0]).strip("_").split("_")
+             for f in firsts]
     common = set.intersection(*(set(w) for w in words))
     out = ["_".join(x for x in w if x not in common) for w in words]
     if len(set(out)) != len(out) or not all(out):
         out = ["_".join(w) or f"{k:05d}" for k, w in enumerate(words)]
+    if len(set(out)) != len(out):
+        raise ValueError(f"cannot name the stages of {group[0]['rule']} apart: {firsts}")
     return out
 
 
