@@ -76,7 +76,9 @@ def variant_params(wildcards):
     if wildcards.variant == "pca":
         mine["pca"] = v["pca"]
     elif wildcards.variant in ("compressed", "natural"):
-        mine["distill"] = v["distill"]
+        ratio = v["distill"]["ratio"]  # a number, or one per kind: pass this kind's
+        ratio = ratio[wildcards.variant] if isinstance(ratio, dict) else ratio
+        mine["distill"] = dict(v["distill"], ratio=ratio)
     return params_schema.sections(
         {"zoo": config["zoo"], "verify": config["verify"], "variants": mine},
         zoo=["seed", "vocab", "max_seq_len"], verify=True, variants=True)

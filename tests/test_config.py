@@ -98,6 +98,7 @@ def test_paper_params_follow_seeds_000_and_002():
     (lambda p: p["variants"].update(decompile=["standard", "sparse"]), "variants.decompile"),
     (lambda p: p["variants"]["pca"].update(ratio=1.5), "variants.pca.ratio"),
     (lambda p: p["variants"]["decompiler"].update(layers=2), "variants.decompiler"),
+    (lambda p: p["variants"]["distill"].update(steps=1001), "variants.distill.steps"),
 ])
 def test_backdoor_and_modadd_params_are_checked(params, edit, needle):
     edit(params)

@@ -117,3 +117,9 @@ def test_report_counts_every_program(shard, tmp_path):
     from metamodels.figures import figure_variants
     figure_variants(str(tmp_path / "v.json"), str(tmp_path / "f.pdf"))
     assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_distill_ratio_is_one_number_or_one_per_kind():
+    assert V.distill_ratio({"ratio": 0.5}, "compressed") == 0.5
+    both = {"ratio": {"compressed": 0.8, "natural": 0.5}}
+    assert V.distill_ratio(both, "compressed") == 0.8 and V.distill_ratio(both, "natural") == 0.5

@@ -77,6 +77,10 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
     if sp and sp.get("val", 0) + sp.get("test", 0) >= 1:
         raise ParamsError(f"{source}: 'detector.split' val + test must leave models to train "
                           f"on (got {sp['val']} + {sp['test']})")
+    dist = params.get("variants", {}).get("distill", {})
+    if "steps" in dist and "eval_every" in dist and dist["steps"] % dist["eval_every"]:
+        raise ParamsError(f"{source}: 'variants.distill.steps' ({dist['steps']}) must be a "
+                          f"multiple of 'variants.distill.eval_every' ({dist['eval_every']})")
     weights = s.get("op_weights")
     if weights is not None and not any(weights[k] > 0 for k in
                                        ("Map", "SequenceMap", "Aggregate", "SelectorWidth")):

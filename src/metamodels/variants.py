@@ -44,6 +44,12 @@ def row_seed(params: Mapping, variant: str, split: str, shard: int, row: int) ->
         VARIANTS.index(variant), D.SPLITS.index(split), shard, row))
 
 
+def distill_ratio(cfg: Mapping, kind: str) -> float:
+    """``variants.distill.ratio``: one number for both kinds of student, or one per kind."""
+    ratio = cfg["ratio"]
+    return float(ratio[kind] if isinstance(ratio, Mapping) else ratio)
+
+
 def activation_inputs(inputs: Sequence[np.ndarray], n: int,
                       rng: np.random.Generator) -> list[np.ndarray]:
     """``n`` inputs drawn without replacement from the domain ``inputs`` (grouped by length)."""
@@ -72,7 +78,7 @@ def _desparsified(params: Mapping, variant: str, model: CompiledModel,
 
 
 def _figures(result: Mapping, d: int) -> dict[str, Any]:
-    figs = {k: v for k, v in result.items() if k not in ("model",)}
+    figs = {k: v for k, v in result.items() if k not in ("model", "C")}
     figs["residual_width"] = result["model"].residual_size
     figs["teacher_residual_width"] = d
     return figs
@@ -96,7 +102,8 @@ def run_variant(params: Mapping, variant: str, split: str, shard: int, in_path: 
         from metamodels.distill import distill
         seeds = [int(row_seed(params, variant, split, shard, i).generate_state(1)[0])
                  for i in range(n)]
-        results = distill(teachers, variant, v["distill"], seeds, inputs,
+        cfg = dict(v["distill"], ratio=distill_ratio(v["distill"], variant))
+        results = distill(teachers, variant, cfg, seeds, inputs,
                           params["verify"]["atol"], progress=zoo._progress(label))
     else:
         report = zoo._progress(label)
