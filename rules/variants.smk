@@ -11,13 +11,14 @@ rule variant_shard:
     conda:
         "../envs/metamodels.yaml"
     log:
-        "logs/variants/{variant}/{split}_{vshard}.log",
+        stderr="logs/variants/{variant}/{split}_{vshard}.log",
+        timing="logs/variants/{variant}/{split}_{vshard}.timing.json",
     benchmark:
         "logs/benchmarks/variants/{variant}/{split}_{vshard}.tsv"
     shell:
         "python -m metamodels make-variant --config {params.cfg:q} --variant {wildcards.variant}"
         " --split {wildcards.split} --shard {wildcards.vshard} --input {input} --out {output}"
-        " 2> {log}"
+        " --timing {log.timing} 2> {log.stderr}"
 
 
 rule train_variant_decompiler:

@@ -156,7 +156,8 @@ def cmd_figure_backdoor_heads(args) -> None:
 
 def cmd_make_variant(args) -> None:
     from metamodels.variants import run_variant
-    run_variant(_params(args), args.variant, args.split, args.shard, args.input, args.out)
+    run_variant(_params(args), args.variant, args.split, args.shard, args.input, args.out,
+                args.timing)
 
 
 def cmd_variants_report(args) -> None:
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=int, required=True, help="dataset shard number")
     p.add_argument("--input", required=True, help="data/dataset/{split}/shard_JJJ.npz")
     p.add_argument("--out", required=True, help="output shard (zoo format)")
+    p.add_argument("--timing", help="where to write CPU and wall seconds (JSON)")
     p.set_defaults(func=cmd_make_variant)
 
     p = sub.add_parser("variants-report",

@@ -85,7 +85,7 @@ def _figures(result: Mapping, d: int) -> dict[str, Any]:
 
 
 def run_variant(params: Mapping, variant: str, split: str, shard: int, in_path: str,
-                out_path: str) -> dict:
+                out_path: str, timing_out: str | None = None) -> dict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
     v = params["variants"]
@@ -121,9 +121,12 @@ def run_variant(params: Mapping, variant: str, split: str, shard: int, in_path: 
                [_figures(results[i], teachers[i].residual_size) for i in kept], variant)
     summary = {"format_version": FORMAT_VERSION, "variant": variant, "split": split,
                "shard": shard, "source_shard": in_path, "programs": n, "accepted": len(kept),
-               "rejected": rejected, "cpu_s": cpu_s, "wall_s": wall_s}
+               "rejected": rejected}
     out["shard_json"] = S.text_array([S.dumps_json(summary)])
     S.save_npz(out_path, out)
+    if timing_out:  # kept out of the shard, whose bytes depend on the params only
+        S.write_json(timing_out, {"variant": variant, "programs": n, "accepted": len(kept),
+                                  "cpu_s": cpu_s, "wall_s": wall_s})
     print(f"[variant {label}] {len(kept)}/{n} accepted, {cpu_s:.1f} CPU-s, {wall_s:.1f} s",
           file=sys.stderr)
     return summary
@@ -154,23 +157,21 @@ def pack(arrays: Mapping[str, np.ndarray], rows: Sequence[int], models: Sequence
 # report: results/variants.csv and results/metrics/variants.json
 
 CSV_FIELDS = ("variant", "zoo_programs", "zoo_accepted", "acceptance_rate", "agreement_median",
-              "agreement_min", "width_ratio_median", "cpu_s_per_accepted", "train_programs",
+              "agreement_min", "width_ratio_median", "train_programs",
               "val_programs", "test_programs", "test_token_accuracy", "test_exact_accuracy",
               "test_functional_equivalence", "test_wellformed")
 
 
 def zoo_figures(shard_paths: Sequence[str]) -> dict[str, dict]:
-    """Per variant: programs attempted and accepted, agreement, width ratio, CPU time."""
+    """Per variant: programs attempted and accepted, agreement and width ratio."""
     acc: dict[str, dict] = {}
     for path in shard_paths:
         arrays = S.load_npz(path, keys=["meta_json", "shard_json"])
         info = json.loads(str(arrays["shard_json"][0]))
-        a = acc.setdefault(info["variant"], {"programs": 0, "accepted": 0, "cpu_s": 0.0,
-                                             "agreement": [], "width_ratio": [],
-                                             "rejected": []})
+        a = acc.setdefault(info["variant"], {"programs": 0, "accepted": 0, "agreement": [],
+                                             "width_ratio": [], "rejected": []})
         a["programs"] += info["programs"]
         a["accepted"] += info["accepted"]
-        a["cpu_s"] += info["cpu_s"]
         figs = [json.loads(str(m))["variant"] for m in arrays["meta_json"]]
         figs += info["rejected"]
         a["rejected"] += [dict(r, split=info["split"], shard=info["shard"])
@@ -185,8 +186,6 @@ def zoo_figures(shard_paths: Sequence[str]) -> dict[str, dict]:
             "acceptance_rate": a["accepted"] / a["programs"] if a["programs"] else None,
             "agreement": _quantiles(agree),
             "width_ratio_median": float(np.median(a["width_ratio"])) if a["width_ratio"] else None,
-            "cpu_s": a["cpu_s"],
-            "cpu_s_per_accepted": a["cpu_s"] / a["accepted"] if a["accepted"] else None,
             "rejected": a["rejected"],
         }
     return out
@@ -220,7 +219,6 @@ def run_report(names: Sequence[str], shard_paths: Sequence[str], metrics_paths: 
             "variant": name, "zoo_programs": z["programs"], "zoo_accepted": z["accepted"],
             "acceptance_rate": z["acceptance_rate"], "agreement_median": agree.get("median"),
             "agreement_min": agree.get("min"), "width_ratio_median": z["width_ratio_median"],
-            "cpu_s_per_accepted": z["cpu_s_per_accepted"] if name in STUDENTS else None,
             "train_programs": h["train_programs"], "val_programs": h["val_programs"],
             **{k: m[k] for k in CSV_FIELDS if k.startswith("test_")}})
     S.write_bytes(csv_out, S.csv_text(rows, list(CSV_FIELDS)).encode())
