@@ -4,8 +4,7 @@
         [--shard data/dataset/train/shard_000.npz] [--params params.yaml] [--out PATH]
 
 Both sides distil the same ``--n`` teachers (spread evenly over the shard) with the same
-config -- ``variants.distill`` of the params file when present, else
-``metamodels.distill.DEFAULTS`` -- and seeds, differing only in ``group_size`` (the config's vs
+config -- ``variants.distill`` of the params file, with the ratio of ``--kind`` -- and seeds, differing only in ``group_size`` (the config's vs
 1). Cost is CPU time of this process (``time.process_time``: all threads, compilation and the
 final NumPy scoring included) per accepted student. Prints one JSON line.
 """
@@ -19,7 +18,7 @@ import time
 
 import jax
 
-from metamodels import config, distill, zoo
+from metamodels import config, distill, variants, zoo
 from metamodels import shards as S
 
 
@@ -49,7 +48,8 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     params = config.load(args.params)
-    cfg = dict(params.get("variants", {}).get("distill") or distill.DEFAULTS)
+    cfg = dict(params["variants"]["distill"])
+    cfg["ratio"] = variants.distill_ratio(cfg, args.kind)  # one number, or one per kind
     inputs = zoo.verification_inputs(params)
     atol = float(params["verify"]["atol"])
     teachers = load_teachers(args.shard, args.n)
