@@ -38,7 +38,7 @@ def tiny_params() -> dict:
     v = p["variants"]
     v.update(programs_per_shard=3, decompile=["pca", "compressed"])
     v["distill"].update(group_size=2, steps=20, eval_every=10, warmup_steps=2)
-    v["decompiler"].update(steps=6, warmup_steps=2, eval_every=3)
+    v["decompiler"].update(steps=6, warmup_steps=2, eval_every=3, batch_size=2)
     # Backdoor detection on a CIFAR-layout fixture (written by `workspace`), tiny CNNs.
     p["images"].update(dataset="cifar10", cifar10_root="fixtures/cifar10", download=False,
                        train_limit=0, test_limit=0)
@@ -167,7 +167,7 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dat
      {"vocab": 1, "sample": 2, "compile_shard": 2, "split": 1, **DECOMPILER, **VARIANTS}),
     # variants.decompiler overrides decompiler.train.steps: the variant decompilers stay
     (lambda p: p["decompiler"]["train"].update(steps=7), DECOMPILER),
-    (lambda p: p["decompiler"]["train"].update(batch_size=5),
+    (lambda p: p["decompiler"]["train"].update(learning_rate=0.002),
      {**DECOMPILER, **VARIANT_DECOMPILERS}),
     (lambda p: p["decompiler"]["evaluate"].update(beam=2),
      {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
