@@ -2,6 +2,7 @@
 
 from metamodels import config as params_schema
 from metamodels.backdoor import setting_names as detection_settings
+from metamodels.variants import distill_ratio
 
 
 configfile: "params.yaml"
@@ -76,9 +77,8 @@ def variant_params(wildcards):
     if wildcards.variant == "pca":
         mine["pca"] = v["pca"]
     elif wildcards.variant in ("compressed", "natural"):
-        ratio = v["distill"]["ratio"]  # a number, or one per kind: pass this kind's
-        ratio = ratio[wildcards.variant] if isinstance(ratio, dict) else ratio
-        mine["distill"] = dict(v["distill"], ratio=ratio)
+        # a number, or one per kind: pass this kind's
+        mine["distill"] = dict(v["distill"], ratio=distill_ratio(v["distill"], wildcards.variant))
     return params_schema.sections(
         {"zoo": config["zoo"], "verify": config["verify"], "variants": mine},
         zoo=["seed", "vocab", "max_seq_len"], verify=True, variants=True)

@@ -96,6 +96,7 @@ def run_variant(params: Mapping, variant: str, split: str, shard: int, in_path: 
     t0, c0 = time.perf_counter(), time.process_time()
     teachers = [zoo.model_of(arrays, i) for i in range(n)]
     label = f"{variant} {split}/{shard:03d}"
+    report = zoo.progress(label)
     if variant == "standard":
         results = [{"model": m, "accepted": True} for m in teachers]
     elif variant in STUDENTS:
@@ -104,9 +105,8 @@ def run_variant(params: Mapping, variant: str, split: str, shard: int, in_path: 
                  for i in range(n)]
         cfg = dict(v["distill"], ratio=distill_ratio(v["distill"], variant))
         results = distill(teachers, variant, cfg, seeds, inputs,
-                          params["verify"]["atol"], progress=zoo._progress(label))
+                          params["verify"]["atol"], progress=report)
     else:
-        report = zoo._progress(label)
         results = []
         for i, m in enumerate(teachers):
             results.append(_desparsified(params, variant, m,

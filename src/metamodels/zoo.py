@@ -36,7 +36,8 @@ FORMAT_VERSION = 1
 COMPILE_FAILURES = ("compile_error", "timeout", "crash", "wrong_output")
 
 
-def _progress(label: str):
+def progress(label: str):
+    """A ``report(done, total)`` callback printing '[label] done/total' at most every 5 s."""
     last = [0.0]
 
     def report(done: int, total: int) -> None:
@@ -57,7 +58,7 @@ def run_sample(params: Mapping, shard: int, out_path: str) -> dict:
         raise ValueError(f"shard {shard} is outside 0..{z['shards'] - 1} (zoo.shards)")
     t0 = time.perf_counter()
     sampled, stats = sample_shard(cfg, z["seed"], shard, z["programs_per_shard"],
-                                  progress=_progress(f"sample shard {shard}"))
+                                  progress=progress(f"sample shard {shard}"))
     tables = L.Tables(cfg.map_constants)
     doc = {
         "format_version": FORMAT_VERSION,
@@ -169,7 +170,7 @@ def run_compile(params: Mapping, sampled_path: str, vocab_path: str, out_path: s
     failures: collections.Counter = collections.Counter()
     failed: list[dict] = []
     timings: list[dict] = []
-    report = _progress(f"compile {sampled_path}")
+    report = progress(f"compile {sampled_path}")
     t0 = time.perf_counter()
     outcomes = run_tasks(compile_and_verify, [e["program"] for e in entries],
                          init=_worker_init, init_args=(dict(params),), workers=workers,
