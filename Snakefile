@@ -15,6 +15,9 @@
 # src/metamodels/. params.yaml is validated before any job runs. Use another
 # params file with `--configfile FILE` (see README).
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/zoo.smk"
 include: "rules/decompiler.smk"

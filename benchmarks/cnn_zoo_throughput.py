@@ -4,7 +4,7 @@
         [--train-limit 1000] [--test-limit 1000] [--dataset fashion_mnist] [--batch-size 64]
 
 Both sides train the same specs (half clean, half patch4-poisoned at 1%) with the same recipe
-and number of steps through :func:`metamodels.cnn.train_models`, differing only in
+and number of steps through :func:`metamodels.backdoor.cnn.train_models`, differing only in
 ``vmap_group`` (G vs 1); evaluation on the test subset is included, compilation is not (each
 side's step and evaluation are compiled by a warm-up call first). Prints one JSON line: CNNs
 per CPU-core-hour (on a GPU: per GPU-hour) for each side and their ratio.
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metamodels import cnn, images, poisons
+from metamodels.backdoor import cnn, images, poisons
 
 
 def make_specs(n_models: int, n_train: int, shape: tuple[int, ...]) -> list[dict]:

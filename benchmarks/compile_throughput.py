@@ -33,8 +33,9 @@ def _model_digest(model) -> str:
 
 
 def _compile_all(path: str, params: dict, programs: list, warmup: list, queue) -> None:
-    from metamodels import compiler, lambdas
-    from metamodels.program import Program, to_rasp
+    from metamodels.rasp import lambdas
+    from metamodels.rasp.program import Program, to_rasp
+    from metamodels.zoo import compiler
     fn = compiler.compile_program_stock if path == "stock" else compiler.compile_program
     tables = lambdas.Tables(params["sampler"]["map_constants"])
     z = params["zoo"]
@@ -71,8 +72,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args()
 
-    from metamodels import config
-    from metamodels.sampler import SamplerConfig, sample_shard
+    from metamodels.core import config
+    from metamodels.rasp.sampler import SamplerConfig, sample_shard
     params = config.load(args.params)
     cfg = SamplerConfig.from_params(params)
     t0 = time.perf_counter()

@@ -21,13 +21,13 @@ import json
 import tempfile
 import time
 
-from metamodels import batches as B
-from metamodels import config as C
-from metamodels.decompiler import TRAIN_KEYS, _domain, _grammar
-from metamodels.tokenizer import Vocab
-from metamodels.train import train_and_evaluate
-
 from train_throughput import override
+
+from metamodels.core import config as C
+from metamodels.decompiler import batches as B
+from metamodels.decompiler.stage import TRAIN_KEYS, _domain, _grammar
+from metamodels.decompiler.train import train_and_evaluate
+from metamodels.rasp.tokenizer import Vocab
 
 
 def main() -> None:

@@ -18,8 +18,11 @@ import time
 
 import jax
 
-from metamodels import config, distill, variants, zoo
-from metamodels import shards as S
+from metamodels.core import config
+from metamodels.core import shards as S
+from metamodels.variants import distill
+from metamodels.variants import stage as variants
+from metamodels.zoo import stage as zoo
 
 
 def load_teachers(shard: str, n: int) -> list:

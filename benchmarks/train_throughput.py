@@ -18,11 +18,11 @@ import time
 import jax
 import numpy as np
 
-from metamodels import batches as B
-from metamodels import config as C
-from metamodels.decompiler import TRAIN_KEYS
-from metamodels.tokenizer import Vocab
-from metamodels.train import Prefetcher, Trainer, _device
+from metamodels.core import config as C
+from metamodels.decompiler import batches as B
+from metamodels.decompiler.stage import TRAIN_KEYS
+from metamodels.decompiler.train import Prefetcher, Trainer, _device
+from metamodels.rasp.tokenizer import Vocab
 
 # Dense bf16 peak (no sparsity), FLOP/s, for MFU.
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

@@ -46,8 +46,18 @@ rule backdoor_report:
         scores=expand("results/backdoor/scores_{setting}.json", setting=DETECTION_SETTINGS),
         zoo=cnn_zoo_shards(),
     output:
-        metrics="results/metrics/backdoor.json",
-        roc="results/backdoor/roc.csv",
+        metrics=report(
+            "results/metrics/backdoor.json",
+            caption="../report/backdoor_metrics.rst",
+            category="Backdoor detection",
+            subcategory="Metrics",
+        ),
+        roc=report(
+            "results/backdoor/roc.csv",
+            caption="../report/backdoor_roc.rst",
+            category="Backdoor detection",
+            subcategory="Tables",
+        ),
     params:
         cfg=section_params(cnn_zoo=["asr_threshold"]),
     conda:
@@ -64,7 +74,12 @@ rule figure2:
         metrics="results/metrics/backdoor.json",
         roc="results/backdoor/roc.csv",
     output:
-        "results/figure2.pdf",
+        report(
+            "results/figure2.pdf",
+            caption="../report/figure2.rst",
+            category="Backdoor detection",
+            subcategory="Figures",
+        ),
     conda:
         "../envs/metamodels.yaml"
     log:

@@ -1,8 +1,8 @@
 # Shared setup: configuration, validation, and path helpers for every stage.
 
-from metamodels import config as params_schema
-from metamodels.backdoor import setting_names as detection_settings
-from metamodels.variants import distill_ratio
+from metamodels.core import config as params_schema
+from metamodels.backdoor.stage import setting_names as detection_settings
+from metamodels.variants.stage import distill_ratio
 
 
 configfile: "params.yaml"

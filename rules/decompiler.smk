@@ -9,7 +9,12 @@ rule train_decompiler:
     output:
         model="models/decompiler.npz",
         history="results/decompiler/history.json",
-        curve="results/decompiler/learning_curve.csv",
+        curve=report(
+            "results/decompiler/learning_curve.csv",
+            caption="../report/learning_curve.rst",
+            category="Decompiler",
+            subcategory="Tables",
+        ),
     params:
         cfg=section_params(
             zoo=["vocab", "max_seq_len"],
@@ -36,9 +41,19 @@ rule evaluate_decompiler:
         model="models/decompiler.npz",
         test=split_shards("test"),
     output:
-        metrics="results/metrics/decompiler.json",
+        metrics=report(
+            "results/metrics/decompiler.json",
+            caption="../report/decompiler_metrics.rst",
+            category="Decompiler",
+            subcategory="Metrics",
+        ),
         predictions="results/decompiler/test_predictions.json",
-        reference="results/decompiler/reference_programs.csv",
+        reference=report(
+            "results/decompiler/reference_programs.csv",
+            caption="../report/reference_programs.rst",
+            category="Decompiler",
+            subcategory="Tables",
+        ),
     params:
         cfg=section_params(
             zoo=["vocab", "max_seq_len"],
@@ -64,7 +79,12 @@ rule figure3:
         history="results/decompiler/history.json",
         metrics="results/metrics/decompiler.json",
     output:
-        "results/figure3.pdf",
+        report(
+            "results/figure3.pdf",
+            caption="../report/figure3.rst",
+            category="Decompiler",
+            subcategory="Figures",
+        ),
     conda:
         "../envs/metamodels.yaml"
     log:

@@ -23,9 +23,24 @@ rule analyse_modadd:
     input:
         models=expand("models/modadd/{task}.npz", task=MODADD_TASKS),
     output:
-        patching="results/backdoor_patching.csv",
-        attribution="results/modadd/attribution.json",
-        metrics="results/metrics/modadd.json",
+        patching=report(
+            "results/backdoor_patching.csv",
+            caption="../report/backdoor_patching.rst",
+            category="Modular addition",
+            subcategory="Tables",
+        ),
+        attribution=report(
+            "results/modadd/attribution.json",
+            caption="../report/modadd_attribution.rst",
+            category="Modular addition",
+            subcategory="Metrics",
+        ),
+        metrics=report(
+            "results/metrics/modadd.json",
+            caption="../report/modadd_metrics.rst",
+            category="Modular addition",
+            subcategory="Metrics",
+        ),
     params:
         cfg=section_params(modadd=["patching_task"]),
     conda:
@@ -44,7 +59,12 @@ rule figure_backdoor_heads:
         attribution="results/modadd/attribution.json",
         patching="results/backdoor_patching.csv",
     output:
-        "results/backdoor_heads.pdf",
+        report(
+            "results/backdoor_heads.pdf",
+            caption="../report/backdoor_heads.rst",
+            category="Modular addition",
+            subcategory="Figures",
+        ),
     conda:
         "../envs/metamodels.yaml"
     log:

@@ -82,8 +82,18 @@ rule variants_report:
         metrics=expand("results/variants/{variant}/metrics.json", variant=VARIANTS),
         histories=expand("results/variants/{variant}/history.json", variant=VARIANTS),
     output:
-        csv="results/variants.csv",
-        metrics="results/metrics/variants.json",
+        csv=report(
+            "results/variants.csv",
+            caption="../report/variants_table.rst",
+            category="Variants",
+            subcategory="Tables",
+        ),
+        metrics=report(
+            "results/metrics/variants.json",
+            caption="../report/variants_metrics.rst",
+            category="Variants",
+            subcategory="Metrics",
+        ),
     params:
         names=VARIANTS,
     conda:
@@ -100,7 +110,12 @@ rule figure_variants:
     input:
         "results/metrics/variants.json",
     output:
-        "results/figure_variants.pdf",
+        report(
+            "results/figure_variants.pdf",
+            caption="../report/figure_variants.rst",
+            category="Variants",
+            subcategory="Figures",
+        ),
     conda:
         "../envs/metamodels.yaml"
     log:

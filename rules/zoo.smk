@@ -64,7 +64,12 @@ rule split:
         vocab="data/vocab.json",
     output:
         shards=dataset_shards(),
-        summary="data/dataset/summary.json",
+        summary=report(
+            "data/dataset/summary.json",
+            caption="../report/dataset_summary.rst",
+            category="Decompiler",
+            subcategory="Program zoo",
+        ),
     params:
         cfg=section_params(
             zoo=["vocab", "max_seq_len"],

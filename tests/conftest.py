@@ -1,4 +1,4 @@
-"""Shared fixtures: the default params and small sampler configurations."""
+"""Shared fixtures: the default params (a fresh copy per test). Small configurations: tests/tiny.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pathlib
 
 import pytest
 
-from metamodels import config
-from metamodels.sampler import SamplerConfig
+from metamodels.core import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,11 +22,11 @@ def params(default_params) -> dict:
     return copy.deepcopy(default_params)
 
 
-def small_cfg(default_params: dict, **over) -> SamplerConfig:
-    """The default sampler on a small domain (vocab {1,2,3}, length <= 4: 120 inputs)."""
-    p = copy.deepcopy(default_params)
-    p["zoo"]["vocab"] = over.pop("vocab", [1, 2, 3])
-    p["zoo"]["max_seq_len"] = over.pop("max_seq_len", 4)
-    for k, v in over.items():
-        p["sampler"][k] = v
-    return SamplerConfig.from_params(p)
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The tiny pipeline (tests/tiny.py) built to target ``everything`` once per session, for
+    the workflow tests (test_pipeline.py, test_report.py); treat it as read-only."""
+    from tests.tiny import snakemake, tiny_params, workspace
+    ws = workspace(tmp_path_factory.mktemp("ws2"), tiny_params())
+    snakemake(ws, "everything", "--cores", "2", "--quiet")
+    return ws

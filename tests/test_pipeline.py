@@ -8,81 +8,14 @@ bitwise-identical outputs for --cores 1 and --cores 2; the
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BIN = pathlib.Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+from tests.tiny import BIN, ROOT, run, snakemake, tiny_params, workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
-
-
-def tiny_params() -> dict:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["zoo"].update(vocab=[1, 2, 3, 4], max_seq_len=4, shards=2, programs_per_shard=10)
-    p["dataset"].update(split={"train": 0.6, "val": 0.2, "test": 0.2},
-                        shards={"train": 2, "val": 1, "test": 1})
-    d = p["decompiler"]
-    d["model"].update(d_model=16, layers=1, decoder_layers=1, heads=2, mlp=32)
-    d["train"].update(steps=6, batch_size=4, warmup_steps=2, log_every=3, eval_every=3,
-                      eval_batch_size=8, eval_exact_programs=4)
-    d["input"]["buckets"] = 1
-    # Variant zoos: two of the five (PCA and distilled students), a few programs each.
-    v = p["variants"]
-    v.update(programs_per_shard=3, decompile=["pca", "compressed"])
-    v["distill"].update(group_size=2, steps=20, eval_every=10, warmup_steps=2)
-    v["decompiler"].update(steps=6, warmup_steps=2, eval_every=3, batch_size=2)
-    # Backdoor detection on a CIFAR-layout fixture (written by `workspace`), tiny CNNs.
-    p["images"].update(dataset="cifar10", cifar10_root="fixtures/cifar10", download=False,
-                       train_limit=0, test_limit=0)
-    z = p["cnn_zoo"]
-    z.update(shards=2, models_per_shard={"clean": 3, "noise_blend": 3, "ood_square": 1},
-             asr_threshold=0.0, poison_rate=0.1)
-    z["cnn"].update(channels=[2, 2, 2], epochs=1, batch_size=8)
-    p["detector"].update(split={"val": 0.2, "test": 0.3}, ood_train_attacks=["noise_blend"])
-    p["detector"]["model"].update(chunk_size=64, d_model=16, layers=1, heads=2, mlp=32, steps=4,
-                                  warmup_steps=1, eval_every=4, log_every=2)
-    # Modular addition on p0 = 7 with a tiny model.
-    m = p["modadd"]
-    m.update(runs={"clean": 1, "mod1": 2}, patching_task="mod1")
-    m["train"].update(p0=7, train_fraction=0.5, d_model=16, d_head=4, d_mlp=32, max_epochs=50,
-                      patience=5, chunk=25)
-    return p
-
-
-def run(args, cwd, check=True) -> subprocess.CompletedProcess:
-    res = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
-def workspace(dest: pathlib.Path, params: dict) -> pathlib.Path:
-    """A git checkout of the project's files (as in the working tree) with `params`."""
-    files = run(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
-    for f in files:
-        src = ROOT / f
-        if src.is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    from metamodels.images import write_cifar10_fixture
-    write_cifar10_fixture(dest / "fixtures" / "cifar10", n_train_per_batch=8, n_test=20, seed=0)
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "commit", "-qm", "ws"], dest)
-    return dest
-
-
-def snakemake(cwd, *args, check=True):
-    return run([str(BIN / "snakemake"), *args], cwd, check=check)
 
 
 TARGET_RULES = ("all", "everything", "backdoors", "modadd")
@@ -110,20 +43,13 @@ def data_files(ws: pathlib.Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    ws = workspace(tmp_path_factory.mktemp("ws2"), tiny_params())
-    snakemake(ws, "everything", "--cores", "2", "--quiet")
-    return ws
-
-
 def test_lint_is_clean():
     out = snakemake(ROOT, "--lint")
     assert "Lints for" not in out.stdout + out.stderr, out.stdout
 
 
 def test_dvc_yaml_is_generated_from_the_snakefile(tmp_path):
-    from metamodels import versioning
+    from metamodels.core import versioning
     committed = (ROOT / "dvc.yaml").read_text()
     assert committed == versioning.dvc_yaml(versioning.snakemake_jobs(ROOT)), \
         "dvc.yaml is stale: run `python -m metamodels dvc-yaml`"

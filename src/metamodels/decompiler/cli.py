@@ -1,0 +1,69 @@
+"""Verbs of the decompiler: train-decompiler, evaluate-decompiler, figure3, decompile."""
+
+from __future__ import annotations
+
+from metamodels.core.cli import add_params, params_of
+
+
+def cmd_train_decompiler(args) -> None:
+    from metamodels.decompiler.stage import run_train
+    run_train(params_of(args), args.train, args.val, args.vocab, args.model, args.history,
+              args.curve, args.workdir, args.timing)
+
+
+def cmd_evaluate_decompiler(args) -> None:
+    from metamodels.decompiler.stage import run_evaluate
+    run_evaluate(params_of(args), args.model, args.test, args.metrics, args.predictions,
+                 args.reference, args.timing)
+
+
+def cmd_figure3(args) -> None:
+    from metamodels.decompiler.figure import figure3
+    figure3(args.history, args.metrics, args.out)
+
+
+def cmd_decompile(args) -> None:
+    from metamodels.decompiler.stage import decompile_file
+    print(decompile_file(args.model, args.weights, args.index, args.beam), end="")
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    return (ValueError, FileNotFoundError)
+
+
+def register(sub) -> None:
+    """Declare the decompiler's verbs (rules/decompiler.smk, rules/variants.smk) and ``decompile``."""
+    p = sub.add_parser("train-decompiler", help="stage 4: train the decompiler meta-model")
+    add_params(p)
+    p.add_argument("--train", nargs="+", required=True, help="train split shards")
+    p.add_argument("--val", nargs="+", required=True, help="validation split shards")
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--model", required=True, help="output model file (.npz)")
+    p.add_argument("--history", required=True, help="output learning curve and run facts (JSON)")
+    p.add_argument("--curve", required=True, help="output learning curve (CSV, for dvc plots)")
+    p.add_argument("--workdir", required=True, help="checkpoints (resumed when present)")
+    p.add_argument("--timing", help="where to write timing (JSON)")
+    p.set_defaults(func=cmd_train_decompiler)
+
+    p = sub.add_parser("evaluate-decompiler", help="stage 5: score the decompiler on test")
+    add_params(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="test split shards")
+    p.add_argument("--metrics", required=True, help="output metrics (JSON)")
+    p.add_argument("--predictions", required=True, help="output per-program predictions (JSON)")
+    p.add_argument("--reference", required=True, help="output table of tracr lib programs (CSV)")
+    p.add_argument("--timing", help="where to write decoding times (JSON)")
+    p.set_defaults(func=cmd_evaluate_decompiler)
+
+    p = sub.add_parser("figure3", help="draw figure 3 (accuracy over training and by length)")
+    p.add_argument("--history", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_figure3)
+
+    p = sub.add_parser("decompile", help="print the RASP program recovered from a weights file")
+    p.add_argument("weights", help="zoo-format weights file (.npz), e.g. from `compile`")
+    p.add_argument("--model", default="models/decompiler.npz", help="trained decompiler")
+    p.add_argument("--index", type=int, default=0, help="row of the weights file")
+    p.add_argument("--beam", type=int, default=1, help="beam width")
+    p.set_defaults(func=cmd_decompile, expected=_user_errors)

@@ -1,0 +1,278 @@
+"""Decompiler stage: train on the zoo, evaluate on its test split, decompile files.
+
+Model files (``models/decompiler.npz``) hold the trained parameters as plain
+arrays named ``params/<module path>`` plus JSON text arrays ``config_json``
+(the ``decompiler`` params section), ``vocab_json`` and ``edges_json`` (the
+weight-token bucket lengths), so they load with ``numpy.load`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from metamodels.core import shards as S
+from metamodels.decompiler import batches as B
+from metamodels.decompiler import weights as W
+from metamodels.rasp import lambdas as L
+from metamodels.rasp.tokenizer import Vocab
+
+TRAIN_KEYS = ["seed", "input", "model", "train", "max_program_tokens"]
+
+
+def _grammar(vocab: Vocab, domain: Mapping):
+    """The decoding grammar; with the zoo's input domain it also tracks value sets."""
+    from metamodels.rasp.grammar import Grammar
+    return Grammar(vocab, domain["vocab"], domain["max_seq_len"])
+
+
+def _domain(params: Mapping) -> dict:
+    return {"vocab": list(params["zoo"]["vocab"]), "max_seq_len": params["zoo"]["max_seq_len"]}
+
+
+# ---------------------------------------------------------------------------
+# model files
+
+def flatten(tree: Mapping, prefix: str = "params") -> dict[str, np.ndarray]:
+    out = {}
+    for k in sorted(tree):
+        v = tree[k]
+        name = f"{prefix}/{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, name))
+        else:
+            out[name] = np.asarray(v, np.float32)
+    return out
+
+
+def unflatten(arrays: Mapping[str, np.ndarray], prefix: str = "params") -> dict:
+    tree: dict = {}
+    for name, v in arrays.items():
+        if not name.startswith(prefix + "/"):
+            continue
+        node = tree
+        *path, leaf = name[len(prefix) + 1:].split("/")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = np.asarray(v)
+    return tree
+
+
+def save_model(path: str, params, cfg: Mapping, vocab: Vocab, edges: Sequence[int]) -> None:
+    import jax
+    arrays = flatten(jax.device_get(params))
+    arrays["config_json"] = S.text_array([json.dumps(dict(cfg), sort_keys=True)])
+    arrays["vocab_json"] = S.text_array([vocab.dumps()])
+    arrays["edges_json"] = S.text_array([json.dumps(list(edges))])
+    S.save_npz(path, arrays)
+
+
+def load_model(path: str):
+    """(params, cfg, vocab, edges) of a model file written by :func:`save_model`."""
+    arrays = S.load_npz(path)
+    for key in ("config_json", "vocab_json", "edges_json"):
+        if key not in arrays:
+            raise ValueError(f"{path}: not a decompiler model file (no {key}); train one with "
+                             "`snakemake models/decompiler.npz`")
+    cfg = json.loads(str(arrays["config_json"][0]))
+    vd = json.loads(str(arrays["vocab_json"][0]))
+    vocab = Vocab(L.Tables(vd["map_constants"]), vd["max_ops"])
+    if vocab.tokens != vd["tokens"]:
+        raise ValueError(f"{path}: its vocabulary differs from this version of metamodels")
+    return unflatten(arrays), cfg, vocab, json.loads(str(arrays["edges_json"][0]))
+
+
+# ---------------------------------------------------------------------------
+# stages
+
+def run_train(params: Mapping, train_paths: Sequence[str], val_paths: Sequence[str],
+              vocab_path: str, model_out: str, history_out: str, curve_out: str, workdir: str,
+              timing_out: str | None = None) -> dict:
+    from metamodels.decompiler.train import train_and_evaluate
+    cfg = {k: params["decompiler"][k] for k in TRAIN_KEYS}
+    vocab = Vocab.load(vocab_path)
+    t0 = time.perf_counter()
+    train = B.load_split(train_paths, cfg["input"], cfg["max_program_tokens"])
+    val = B.load_split(val_paths, cfg["input"], cfg["max_program_tokens"])
+    load_s = time.perf_counter() - t0
+    res = train_and_evaluate(cfg, workdir, train, val, vocab,
+                             grammar=_grammar(vocab, _domain(params)))
+    save_model(model_out, res["params"], dict(cfg, domain=_domain(params)), vocab, res["edges"])
+    S.write_json(history_out, {"history": res["history"], "train_programs": len(train),
+                               "val_programs": len(val), "skipped": {"train": train.skipped,
+                                                                     "val": val.skipped},
+                               "parameters": int(sum(np.size(v) for v in
+                                                     flatten(res["params"]).values())),
+                               "config": cfg})
+    fields = ["step", "train_loss", "val_loss", "val_token_accuracy", "val_exact_accuracy"]
+    S.write_bytes(curve_out, S.csv_text(res["history"], fields).encode())
+    if timing_out:
+        S.write_json(timing_out, dict(res["timing"], load_s=load_s))
+    return res
+
+
+def run_evaluate(params: Mapping, model_path: str, test_paths: Sequence[str],
+                 metrics_out: str, predictions_out: str, reference_out: str,
+                 timing_out: str | None = None) -> dict:
+    from metamodels.decompiler.metrics import Domain, judge, summarize
+    from metamodels.decompiler.train import Trainer
+    from metamodels.zoo.dataset import reference_programs
+
+    ev = params["decompiler"]["evaluate"]
+    z = params["zoo"]
+    model_params, cfg, vocab, edges = load_model(model_path)
+    trainer = Trainer(cfg, vocab)
+    test = B.load_split(test_paths, cfg["input"], cfg["max_program_tokens"])
+    domain = Domain(z["vocab"], z["max_seq_len"], vocab.tables)
+    bs = cfg["train"]["eval_batch_size"]
+    t0 = time.perf_counter()
+    tf = trainer.teacher_forced(model_params, test, edges, bs)
+    grammar = _grammar(vocab, cfg["domain"])
+    runs = {"constrained": dict(grammar=grammar, beam=1),
+            "unconstrained": dict(grammar=None, beam=1)}
+    if ev["beam"] > 1:
+        runs[f"beam{ev['beam']}"] = dict(grammar=grammar if ev["constrained"] else None,
+                                        beam=ev["beam"])
+    primary = "constrained" if ev["constrained"] else "unconstrained"
+    results, verdicts_of, timing = {}, {}, {}
+    for name, kw in runs.items():
+        t1 = time.perf_counter()
+        decoded = trainer.decode(model_params, test, edges, bs, **kw)
+        verdicts = []
+        for i in range(len(test)):
+            pred = vocab.strs(decoded[i].tolist())
+            target = vocab.strs(test.programs[i].tolist())
+            verdicts.append(judge(pred, target, domain))
+        verdicts_of[name] = (decoded, verdicts)
+        results[name] = summarize(verdicts, test.length, tf["row_correct"], tf["row_tokens"])
+        timing[f"decode_{name}_s"] = round(time.perf_counter() - t1, 3)
+        print(f"[evaluate] {name}: exact {results[name]['exact_accuracy']:.3f} functional "
+              f"{results[name]['functional_equivalence']:.3f} wellformed "
+              f"{results[name]['wellformed']:.3f}", file=sys.stderr, flush=True)
+    main = results[primary]
+    metrics = {
+        "test_programs": len(test),
+        "test_exact_accuracy": main["exact_accuracy"],
+        "test_token_accuracy": tf["token_accuracy"],
+        "test_functional_equivalence": main["functional_equivalence"],
+        "test_wellformed": main["wellformed"],
+        "test_loss": tf["loss"],
+        "decoding": primary,
+        "by_length": main["by_length"],
+        "decoders": {k: {m: v[m] for m in ("exact_accuracy", "functional_equivalence",
+                                          "wellformed")}
+                     for k, v in results.items()},
+        "skipped": test.skipped,
+    }
+    decoded, verdicts = verdicts_of[primary]
+    preds = []
+    for i in range(len(test)):
+        preds.append({"id": test.ids[i], "length": int(test.length[i]),
+                      "target": " ".join(_trim(vocab.strs(test.programs[i].tolist()))),
+                      "predicted": " ".join(_trim(vocab.strs(decoded[i].tolist()))),
+                      "exact": verdicts[i].exact, "functional": verdicts[i].functional,
+                      "wellformed": verdicts[i].wellformed, "error": verdicts[i].error})
+    S.write_json(predictions_out, {"decoding": primary, "predictions": preds})
+    rows = _reference_rows(reference_programs(params), params, trainer, model_params, cfg,
+                           vocab, edges, domain)
+    S.write_bytes(reference_out, S.csv_text(rows, REFERENCE_FIELDS).encode())
+    metrics["reference_programs"] = {r["program"]: r["exact"] for r in rows}
+    S.write_json(metrics_out, metrics)
+    if timing_out:
+        S.write_json(timing_out, dict(timing, evaluate_s=round(time.perf_counter() - t0, 3)))
+    return metrics
+
+
+def _trim(tokens: list[str]) -> list[str]:
+    from metamodels.decompiler.metrics import strip
+    return strip(tokens)
+
+
+REFERENCE_FIELDS = ["program", "length", "exact", "functional", "wellformed", "target",
+                    "predicted", "note"]
+
+
+def _reference_rows(refs: Mapping[str, tuple], params, trainer, model_params, cfg, vocab,
+                    edges, domain) -> list[dict]:
+    """Compile every expressible tracr lib example, decompile them (one batch), judge."""
+    from metamodels.decompiler.metrics import judge
+    from metamodels.rasp.program import to_rasp
+    from metamodels.rasp.tokenizer import decode as decode_tokens
+    from metamodels.zoo.compiler import compile_program
+    z = params["zoo"]
+    rows, models = {}, {}
+    for name in sorted(refs):
+        target = list(refs[name])
+        rows[name] = {"program": name, "length": target.count("EOO"), "target": " ".join(target),
+                      "exact": False, "functional": False, "wellformed": False, "predicted": ""}
+        if not all(t in vocab.index for t in target):
+            rows[name]["note"] = "more ops than the vocabulary's max_ops (sampler.max_length)"
+            continue
+        program = decode_tokens(target, vocab.tables)
+        model = compile_program(to_rasp(program, vocab.tables), set(z["vocab"]), z["max_seq_len"],
+                                mlp_exactness=params["compile"]["mlp_exactness"])
+        models[name] = (model.flat(), model.layout())
+    preds = decompile_weights(list(models.values()), trainer, model_params, cfg, vocab, edges,
+                              params["decompiler"]["evaluate"]["beam"])
+    for name, pred in zip(models, preds):
+        if isinstance(pred, Exception):
+            rows[name]["note"] = str(pred)
+            continue
+        v = judge(pred, list(refs[name]), domain)
+        rows[name].update(exact=v.exact, functional=v.functional, wellformed=v.wellformed,
+                          predicted=" ".join(_trim(pred)), note=v.error or "")
+    return list(rows.values())
+
+
+def decompile_weights(models: Sequence[tuple[np.ndarray, list]], trainer, model_params, cfg,
+                      vocab, edges, beam: int = 1) -> list:
+    """Predicted program tokens (constrained decoding) for each (flat weights, layout);
+    an :class:`~metamodels.decompiler.weights.InputTooLarge` in place of a model too large to read."""
+    out: list = [None] * len(models)
+    toks = []
+    for i, (flat, layout) in enumerate(models):
+        try:
+            toks.append((i, W.tokenize(flat, layout, cfg["input"])))
+        except W.InputTooLarge as e:
+            out[i] = e
+    if toks:
+        feats = np.concatenate([t.features for _, t in toks])
+        cols = [np.concatenate([getattr(t, c) for _, t in toks]) for c in ("kind", "layer", "index")]
+        offsets = np.concatenate([[0], np.cumsum([len(t) for _, t in toks])]).astype(np.int64)
+        n = len(toks)
+        ex = B.Examples(feats, *cols, offsets, np.zeros((n, cfg["max_program_tokens"]), np.int32),
+                        np.zeros(n, np.int32), [str(i) for i, _ in toks], {})
+        decoded = trainer.decode(model_params, ex, edges, cfg["train"]["eval_batch_size"],
+                                 _grammar(vocab, cfg["domain"]), beam=beam)
+        for k, (i, _) in enumerate(toks):
+            out[i] = vocab.strs(decoded[k].tolist())
+    return out
+
+
+def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int = 1) -> str:
+    """Readable RASP source recovered from a zoo-format weights file (row ``index``)."""
+    from metamodels.decompiler.train import Trainer
+    from metamodels.rasp.program import render
+    from metamodels.rasp.tokenizer import decode as decode_tokens
+    from metamodels.zoo.stage import row
+    model_params, cfg, vocab, edges = load_model(model_path)
+    arrays = S.load_npz(weights_path)
+    for key in ("weights", "weights_offsets", "layout_json"):
+        if key not in arrays:
+            raise ValueError(f"{weights_path}: not a zoo weights file (no '{key}' column); "
+                             "write one with `python -m metamodels compile PROGRAM.py --out FILE`")
+    n = int(arrays["weights_offsets"].shape[0] - 1)
+    if not 0 <= index < n:
+        raise ValueError(f"{weights_path}: index {index} out of range (0..{n - 1})")
+    r = row(arrays, index)
+    trainer = Trainer(cfg, vocab)
+    (tokens,) = decompile_weights([(r["weights"], r["layout"])], trainer, model_params, cfg,
+                                  vocab, edges, beam)
+    if isinstance(tokens, Exception):
+        raise tokens
+    program = decode_tokens(tokens, vocab.tables)
+    return render(program, vocab.tables)

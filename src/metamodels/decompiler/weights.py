@@ -1,0 +1,153 @@
+"""Meta-model input: a compiled model's weights as a sequence of feature tokens.
+
+Two tokenizations, selected by ``decompiler.input.tokenization``:
+
+``chunks`` (seed 001, App. B.2)
+    The flat weight vector (layout order, see docs/data-formats.md) is
+    symlog-transformed and cut into consecutive chunks of ``chunk_size``
+    floats; the last chunk is filled with ``pad_value``. Each token is tagged
+    with the kind and layer of the array its first float belongs to.
+
+``residual``
+    Every weight array that reads from or writes to the residual stream is cut
+    along its other axis, so each token is a vector over residual dimensions
+    (zero-filled to ``max_residual``) and all tokens of one model share the
+    same residual coordinates: an embedding row; a query/key column pair
+    (``[W_Q[:, j], W_K[:, j]]``); a value column with the matching output row
+    (``[W_V[:, j], W_O[j, :]]``); an MLP hidden neuron (``[W_in[:, j],
+    W_out[j, :]]`` plus its bias); a residual bias. Tokens that are all zero
+    (tracr pads every layer to the widest one) carry nothing and are dropped.
+
+Both return :class:`WeightTokens`: ``features`` (n, width) float32 after the
+symmetric log transform, and integer ``kind``, ``layer`` (0 = embeddings,
+l + 1 = transformer layer l) and ``index`` (position within its array, capped)
+tags that the meta-model embeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+TOKENIZATIONS = ("chunks", "residual")
+# Token kinds (embedded by the meta-model); "pad" marks padding positions.
+KINDS = ("pad", "token_embed", "pos_embed", "query_key", "value_output", "mlp", "bias",
+         "query", "key", "value", "output", "mlp_in", "mlp_out")
+KIND_ID = {k: i for i, k in enumerate(KINDS)}
+_SUBLAYER_KIND = {"token_embed": "token_embed", "pos_embed": "pos_embed", "query": "query",
+                  "key": "key", "value": "value", "linear": "output", "linear_1": "mlp_in",
+                  "linear_2": "mlp_out"}
+
+
+def symlog(x: np.ndarray) -> np.ndarray:
+    """Seed 001 App. B.2: sign(x)·log|x| for |x| > 2, x·log(2)/2 otherwise (continuous)."""
+    x = np.asarray(x, np.float32)
+    ax = np.abs(x)
+    big = np.sign(x) * np.log(np.maximum(ax, 2.0))
+    return np.where(ax > 2.0, big, x * np.float32(math.log(2.0) / 2.0)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class WeightTokens:
+    features: np.ndarray  # (n, width) float32
+    kind: np.ndarray      # (n,) int32, index into KINDS
+    layer: np.ndarray     # (n,) int32
+    index: np.ndarray     # (n,) int32
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+class InputTooLarge(ValueError):
+    """A model whose weights do not fit the meta-model's input size."""
+
+
+def feature_width(cfg: Mapping) -> int:
+    if cfg["tokenization"] == "chunks":
+        return int(cfg["chunk_size"])
+    return 2 * int(cfg["max_residual"]) + 1
+
+
+def tokenize(flat: np.ndarray, layout: Sequence[Mapping], cfg: Mapping) -> WeightTokens:
+    """Tokens of one model (flat weights + layout) under the input config ``cfg``."""
+    if cfg["tokenization"] == "chunks":
+        toks = _chunks(flat, layout, int(cfg["chunk_size"]), float(cfg["pad_value"]))
+    elif cfg["tokenization"] == "residual":
+        toks = _residual(flat, layout, int(cfg["max_residual"]))
+    else:
+        raise ValueError(f"decompiler.input.tokenization: unknown {cfg['tokenization']!r}; "
+                         f"use one of {TOKENIZATIONS}")
+    toks.index = np.minimum(toks.index, int(cfg["max_index"]) - 1).astype(np.int32)
+    if len(toks) > int(cfg["max_tokens"]):
+        raise InputTooLarge(f"{len(toks)} weight tokens > decompiler.input.max_tokens "
+                            f"= {cfg['max_tokens']}")
+    return toks
+
+
+def _chunks(flat: np.ndarray, layout: Sequence[Mapping], size: int, pad: float) -> WeightTokens:
+    flat = np.asarray(flat, np.float32)
+    n = max(1, -(-flat.size // size))
+    x = np.full(n * size, pad, np.float32)
+    x[:flat.size] = symlog(flat)
+    starts = np.arange(n) * size
+    offsets = np.array([e["offset"] for e in layout])
+    which = np.searchsorted(offsets, starts, side="right") - 1
+    kind = np.array([KIND_ID[_SUBLAYER_KIND[layout[i]["sublayer"]]] for i in which], np.int32)
+    layer = np.array([layout[i]["layer"] + 1 for i in which], np.int32)
+    index = ((starts - offsets[which]) // size).astype(np.int32)
+    return WeightTokens(x.reshape(n, size), kind, layer, index)
+
+
+def arrays_of(flat: np.ndarray, layout: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    """name -> array views of a flat weight vector."""
+    out = {}
+    for e in layout:
+        out[e["name"]] = np.asarray(flat[e["offset"]:e["offset"] + e["size"]]).reshape(e["shape"])
+    return out
+
+
+def _residual(flat: np.ndarray, layout: Sequence[Mapping], max_residual: int) -> WeightTokens:
+    a = arrays_of(np.asarray(flat, np.float32), layout)
+    d = a["token_embed/embeddings"].shape[1]
+    if d > max_residual:
+        raise InputTooLarge(f"residual width {d} > decompiler.input.max_residual = {max_residual}")
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, str, int]] = []
+
+    def add(left, right, scalar, kind, layer):
+        n = left.shape[0]
+        right = np.zeros((n, d), np.float32) if right is None else right
+        scalar = np.zeros(n, np.float32) if scalar is None else scalar
+        parts.append((left, right, scalar, kind, layer))
+
+    add(a["token_embed/embeddings"], None, None, "token_embed", 0)
+    add(a["pos_embed/embeddings"], None, None, "pos_embed", 0)
+    layers = sorted({e["layer"] for e in layout if e["layer"] >= 0})
+    for l in layers:
+        p = f"transformer/layer_{l}/"
+        if p + "attn/query/w" in a:
+            q, k = a[p + "attn/query/w"], a[p + "attn/key/w"]
+            v, o = a[p + "attn/value/w"], a[p + "attn/linear/w"]
+            add(q.T, k.T, a[p + "attn/query/b"], "query_key", l + 1)
+            add(v.T, o, a[p + "attn/value/b"], "value_output", l + 1)
+            add(np.zeros((1, d), np.float32), a[p + "attn/linear/b"][None], None, "bias", l + 1)
+        if p + "mlp/linear_1/w" in a:
+            add(a[p + "mlp/linear_1/w"].T, a[p + "mlp/linear_2/w"], a[p + "mlp/linear_1/b"],
+                "mlp", l + 1)
+            add(np.zeros((1, d), np.float32), a[p + "mlp/linear_2/b"][None], None, "bias", l + 1)
+    feats, kinds, lays, idx = [], [], [], []
+    for left, right, scalar, kind, layer in parts:
+        n = left.shape[0]
+        f = np.zeros((n, 2 * max_residual + 1), np.float32)
+        f[:, :d] = left
+        f[:, max_residual:max_residual + d] = right
+        f[:, -1] = scalar
+        keep = np.any(f != 0, axis=1)
+        feats.append(f[keep])
+        kinds.append(np.full(int(keep.sum()), KIND_ID[kind], np.int32))
+        lays.append(np.full(int(keep.sum()), layer, np.int32))
+        idx.append(np.flatnonzero(keep).astype(np.int32))
+    return WeightTokens(symlog(np.concatenate(feats)), np.concatenate(kinds),
+                        np.concatenate(lays), np.concatenate(idx))

@@ -1,0 +1,177 @@
+"""NumPy forward pass of a compiled tracr model (no JAX).
+
+Mirrors ``tracr.transformer.model.CompiledTransformerModel`` with the
+configuration tracr's assembler uses: no layer norm, ReLU MLPs, dropout off,
+and an all-ones input mask (tracr does not pass a pad token to the model, so
+PAD tokens are *not* masked; only the causal mask applies when
+``model.causal``).  Per layer: ``res += attn(res)`` then ``res += mlp(res)``.
+Attention logits are ``q.k / sqrt(key_size)``, masked with ``-1e30`` and put
+through a max-subtracted softmax exactly like ``jax.nn.softmax``.
+
+By default the computation runs in float32 like tracr's own JAX model, which
+makes decoded outputs agree with ``assembled_model.apply``; pass
+``dtype=np.float64`` for a higher-precision evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from metamodels.zoo.compiler import CompiledModel
+
+__all__ = ["encode", "forward_ids", "forward_logits", "forward_residuals", "run"]
+
+
+def _token_ids(model: CompiledModel) -> dict:
+    # Same as tracr's CategoricalEncoder.encoding_map.
+    return {v: i for i, v in enumerate(model.input_tokens)}
+
+
+def encode(model: CompiledModel, seqs: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Token values -> int ids [B, T+1] with the BOS id prepended.
+
+    All sequences must have the same length (use :func:`run` for mixed lengths).
+    """
+    mapping = _token_ids(model)
+    seqs = [list(s) for s in seqs]
+    if not seqs:
+        return np.zeros((0, 1), np.int64)
+    lengths = {len(s) for s in seqs}
+    if len(lengths) != 1:
+        raise ValueError(f"encode needs equal-length sequences, got {lengths}")
+    (n,) = lengths
+    if n > model.max_seq_len:
+        raise ValueError(f"sequence length {n} exceeds max_seq_len {model.max_seq_len}")
+    out = np.empty((len(seqs), n + 1), np.int64)
+    out[:, 0] = mapping[model.bos_token]
+    try:
+        flat = [mapping[tok] for s in seqs for tok in s]
+    except (KeyError, TypeError):
+        bad = next(t for s in seqs for t in s if not _known(mapping, t))
+        raise ValueError(
+            f"token {bad!r} not in the model's vocabulary {model.input_tokens}"
+        ) from None
+    out[:, 1:] = np.asarray(flat, np.int64).reshape(len(seqs), n)
+    return out
+
+
+def _known(mapping: dict, tok: Any) -> bool:
+    try:
+        return tok in mapping
+    except TypeError:  # unhashable
+        return False
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def forward_residuals(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> list[np.ndarray]:
+    """Residual stream [B, T, D] after embedding and after every half layer.
+
+    Returns ``[embeddings, after attn_0, after mlp_0, after attn_1, ...]``.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be [B, T], got shape {ids.shape}")
+    bsz, seq_len = ids.shape
+    p = model.params
+    tok = np.asarray(p["token_embed"]["embeddings"], dtype)
+    pos = np.asarray(p["pos_embed"]["embeddings"], dtype)
+    if seq_len > pos.shape[0]:
+        raise ValueError(f"sequence length {seq_len} (incl. BOS) exceeds {pos.shape[0]}")
+    if ids.size and (ids.min() < 0 or ids.max() >= tok.shape[0]):
+        raise ValueError("token id out of range")
+    x = tok[ids] + pos[np.arange(seq_len)][None]
+    out = [x]
+
+    num_heads, key_size = model.num_heads, model.key_size
+    if model.causal:
+        mask = np.tril(np.ones((seq_len, seq_len), bool))[None, None]
+    else:
+        mask = None
+    scale = np.sqrt(key_size).astype(dtype)
+
+    for layer in range(model.num_layers):
+        pre = f"transformer/layer_{layer}"
+
+        def lin(name, h):
+            w = np.asarray(p[f"{pre}/{name}"]["w"], dtype)
+            b = np.asarray(p[f"{pre}/{name}"]["b"], dtype)
+            return h @ w + b
+
+        q = lin("attn/query", x).reshape(bsz, seq_len, num_heads, key_size)
+        k = lin("attn/key", x).reshape(bsz, seq_len, num_heads, key_size)
+        v = lin("attn/value", x).reshape(bsz, seq_len, num_heads, -1)
+        logits = np.einsum("bthd,bshd->bhts", q, k) / scale
+        if mask is not None:
+            logits = np.where(mask, logits, np.asarray(-1e30, dtype))
+        weights = _softmax(logits)
+        attn = np.einsum("bhts,bshd->bthd", weights, v).reshape(bsz, seq_len, -1)
+        x = x + lin("attn/linear", attn)
+        out.append(x)
+
+        hidden = np.maximum(lin("mlp/linear_1", x), 0)
+        x = x + lin("mlp/linear_2", hidden)
+        out.append(x)
+    return out
+
+
+def forward_logits(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """The unembedded output before decoding: [B, T, outputs] in ``dtype``."""
+    if not model.unembed_indices:
+        raise ValueError("model has no unembedding (unembed_indices is empty)")
+    x = forward_residuals(model, ids, dtype)[-1]
+    if model.unembed is not None:
+        return x @ np.asarray(model.unembed, dtype)
+    return x[..., model.unembed_indices]  # == x @ model.unembed_matrix()
+
+
+def forward_ids(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Runs the model on ids [B, T] (BOS included at position 0).
+
+    Returns the unembedded output: [B, T] int argmax indices into
+    ``model.output_values`` for categorical models, [B, T] floats for numerical
+    ones (in ``dtype``).
+    """
+    out = forward_logits(model, ids, dtype)
+    if model.categorical_output:
+        return np.argmax(out, axis=-1)
+    if out.shape[-1] == 1:
+        return out[..., 0]
+    return out
+
+
+def run(
+    model: CompiledModel, inputs: Sequence[Sequence[Any]], dtype=np.float32, batch_size: int = 4096
+) -> list[list]:
+    """Decoded outputs for raw token sequences (without BOS), any lengths.
+
+    Sequences are grouped by length and evaluated in batches. The BOS position
+    is dropped from the result. Categorical outputs are decoded through
+    ``model.output_values``, numerical outputs become Python floats.
+    """
+    inputs = [list(s) for s in inputs]
+    results: list[list | None] = [None] * len(inputs)
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(inputs):
+        if not 1 <= len(s) <= model.max_seq_len:
+            raise ValueError(f"input {i} has length {len(s)}; must be in 1..{model.max_seq_len}")
+        by_len.setdefault(len(s), []).append(i)
+    for _, idx in sorted(by_len.items()):
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            ids = encode(model, [inputs[i] for i in chunk])
+            out = forward_ids(model, ids, dtype)[:, 1:]
+            if model.categorical_output:
+                vals = model.output_values
+                for row, i in zip(out.tolist(), chunk):
+                    results[i] = [vals[j] for j in row]
+            else:
+                for row, i in zip(out.tolist(), chunk):
+                    results[i] = row  # tolist() gives Python floats
+    return results  # type: ignore[return-value]
