@@ -33,6 +33,12 @@ def add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="JSON object with the params sections this verb needs")
 
 
+def file_errors() -> tuple[type[Exception], ...]:
+    """The ``expected`` errors of verbs that read a user's own file (``compile``,
+    ``decompile``): a wrong or missing file is reported in one line, exit 2."""
+    return (ValueError, FileNotFoundError)
+
+
 def cmd_check_params(args) -> None:
     C.load(args.params)
     print(f"{args.params}: valid")

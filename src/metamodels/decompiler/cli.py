@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metamodels.core.cli import add_params, params_of
+from metamodels.core.cli import add_params, file_errors, params_of
 
 
 def cmd_train_decompiler(args) -> None:
@@ -25,10 +25,6 @@ def cmd_figure3(args) -> None:
 def cmd_decompile(args) -> None:
     from metamodels.decompiler.stage import decompile_file
     print(decompile_file(args.model, args.weights, args.index, args.beam), end="")
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    return (ValueError, FileNotFoundError)
 
 
 def register(sub) -> None:
@@ -66,4 +62,4 @@ def register(sub) -> None:
     p.add_argument("--model", default="models/decompiler.npz", help="trained decompiler")
     p.add_argument("--index", type=int, default=0, help="row of the weights file")
     p.add_argument("--beam", type=int, default=1, help="beam width")
-    p.set_defaults(func=cmd_decompile, expected=_user_errors)
+    p.set_defaults(func=cmd_decompile, expected=file_errors)

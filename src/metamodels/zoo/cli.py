@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from metamodels.core.cli import add_params, params_of
+from metamodels.core.cli import add_params, file_errors, params_of
 
 
 def cmd_vocab(args) -> None:
@@ -57,10 +57,6 @@ def cmd_compile(args) -> None:
                  "(a known tracr limitation); the file was written but is not a faithful model")
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    return (ValueError, FileNotFoundError)
-
-
 def register(sub) -> None:
     """Declare the program zoo's verbs (rules/zoo.smk) and ``compile``, ``show``."""
     p = sub.add_parser("vocab", help="write the program token vocabulary (JSON)")
@@ -94,7 +90,7 @@ def register(sub) -> None:
     p.add_argument("program", help="Python file that assigns a tracr RASP SOp to `program`")
     p.add_argument("--out", required=True, help="output weights file (.npz, zoo format)")
     p.add_argument("--params", default="params.yaml", help="vocab/max_seq_len/lambda tables")
-    p.set_defaults(func=cmd_compile, config=None, expected=_user_errors)
+    p.set_defaults(func=cmd_compile, config=None, expected=file_errors)
 
     p = sub.add_parser("show", help="print one program of a shard (source, tokens, metadata)")
     p.add_argument("shard")
