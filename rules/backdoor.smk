@@ -5,8 +5,9 @@
 rule cnn_zoo_shard:
     output:
         "data/cnn_zoo/shard_{cnn_shard}.npz",
+    threads: threads_of("cnn_zoo")
     params:
-        cfg=section_params(images=True, cnn_zoo=True),
+        cfg=section_params(threads=["cnn_zoo"], images=True, cnn_zoo=True),
     resources:
         gpu=1,
     conda:
@@ -26,19 +27,22 @@ rule detect_backdoors:
     output:
         scores="results/backdoor/scores_{setting}.json",
         history="results/backdoor/history_{setting}.json",
+    threads: threads_of("train")
     params:
-        cfg=section_params(detector=True),
+        cfg=section_params(threads=["train"], detector=True),
     resources:
         gpu=1,
     conda:
         "../envs/metamodels.yaml"
     log:
-        "logs/backdoor/detect_{setting}.log",
+        stderr="logs/backdoor/detect_{setting}.log",
+        timing="logs/backdoor/detect_{setting}.timing.json",
     benchmark:
         "logs/benchmarks/backdoor/detect_{setting}.tsv"
     shell:
         "python -m metamodels detect-backdoors --config {params.cfg:q} --setting {wildcards.setting}"
-        " --zoo {input} --scores {output.scores} --history {output.history} 2> {log}"
+        " --zoo {input} --scores {output.scores} --history {output.history}"
+        " --timing {log.timing} 2> {log.stderr}"
 
 
 rule backdoor_report:
@@ -58,6 +62,7 @@ rule backdoor_report:
             category="Backdoor detection",
             subcategory="Tables",
         ),
+    threads: 1
     params:
         cfg=section_params(cnn_zoo=["asr_threshold"]),
     conda:
@@ -80,6 +85,7 @@ rule figure2:
             category="Backdoor detection",
             subcategory="Figures",
         ),
+    threads: 1
     conda:
         "../envs/metamodels.yaml"
     log:

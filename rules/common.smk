@@ -24,6 +24,12 @@ wildcard_constraints:
     vshard=r"\d{3}",
 
 
+def threads_of(group):
+    """A rule's `threads:` (params.yaml `threads.GROUP`); pass the same group to its verb with
+    section_params(threads=[GROUP], ...), whose process then keeps to that many threads."""
+    return config["threads"][group]
+
+
 def section_params(**wanted):
     """JSON of the params sections/keys a rule uses (its rerun trigger)."""
     return params_schema.sections(config, **wanted)
@@ -58,7 +64,8 @@ def modadd_task_params(wildcards):
     m = config["modadd"]
     one_task = {"seed": m["seed"], "train": m["train"],
                 "runs": {wildcards.task: m["runs"][wildcards.task]}}
-    return params_schema.sections({"modadd": one_task}, modadd=True)
+    return params_schema.sections({"modadd": one_task, "threads": config["threads"]},
+                                  modadd=True, threads=["train"])
 
 
 VARIANTS = config["variants"]["decompile"]
@@ -80,8 +87,9 @@ def variant_params(wildcards):
         # a number, or one per kind: pass this kind's
         mine["distill"] = dict(v["distill"], ratio=distill_ratio(v["distill"], wildcards.variant))
     return params_schema.sections(
-        {"zoo": config["zoo"], "verify": config["verify"], "variants": mine},
-        zoo=["seed", "vocab", "max_seq_len"], verify=True, variants=True)
+        {"zoo": config["zoo"], "verify": config["verify"], "variants": mine,
+         "threads": config["threads"]},
+        zoo=["seed", "vocab", "max_seq_len"], verify=True, variants=True, threads=["variants"])
 
 
 def variant_decompiler_params():
@@ -89,6 +97,7 @@ def variant_decompiler_params():
     d = dict(config["decompiler"])
     d["train"] = {**d["train"], **config["variants"]["decompiler"]}
     return params_schema.sections(
-        {"zoo": config["zoo"], "decompiler": d},
+        {"zoo": config["zoo"], "decompiler": d, "threads": config["threads"]},
         zoo=["vocab", "max_seq_len"],
-        decompiler=["seed", "max_program_tokens", "input", "model", "train"])
+        decompiler=["seed", "max_program_tokens", "input", "model", "train"],
+        threads=["train"])

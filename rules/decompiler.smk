@@ -15,8 +15,10 @@ rule train_decompiler:
             category="Decompiler",
             subcategory="Tables",
         ),
+    threads: threads_of("train")
     params:
         cfg=section_params(
+            threads=["train"],
             zoo=["vocab", "max_seq_len"],
             decompiler=["seed", "max_program_tokens", "input", "model", "train"],
         ),
@@ -54,8 +56,10 @@ rule evaluate_decompiler:
             category="Decompiler",
             subcategory="Tables",
         ),
+    threads: threads_of("evaluate")
     params:
         cfg=section_params(
+            threads=["evaluate"],
             zoo=["vocab", "max_seq_len"],
             sampler=["map_constants"],
             compile=["mlp_exactness"],
@@ -85,6 +89,7 @@ rule figure3:
             category="Decompiler",
             subcategory="Figures",
         ),
+    threads: 1
     conda:
         "../envs/metamodels.yaml"
     log:

@@ -6,17 +6,20 @@ rule train_modadd:
     output:
         model="models/modadd/{task}.npz",
         history="results/modadd/{task}_history.csv",
+    threads: threads_of("train")
     params:
         cfg=modadd_task_params,
     conda:
         "../envs/metamodels.yaml"
     log:
         stderr="logs/modadd/train_{task}.log",
+        timing="logs/modadd/train_{task}.timing.json",
     benchmark:
         "logs/benchmarks/modadd/train_{task}.tsv"
     shell:
         "python -m metamodels modadd-train --config {params.cfg:q} --task {wildcards.task}"
-        " --model {output.model} --history {output.history} 2> {log.stderr}"
+        " --model {output.model} --history {output.history} --timing {log.timing}"
+        " 2> {log.stderr}"
 
 
 rule analyse_modadd:
@@ -41,8 +44,9 @@ rule analyse_modadd:
             category="Modular addition",
             subcategory="Metrics",
         ),
+    threads: threads_of("evaluate")
     params:
-        cfg=section_params(modadd=["patching_task"]),
+        cfg=section_params(threads=["evaluate"], modadd=["patching_task"]),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -65,6 +69,7 @@ rule figure_backdoor_heads:
             category="Modular addition",
             subcategory="Figures",
         ),
+    threads: 1
     conda:
         "../envs/metamodels.yaml"
     log:

@@ -6,6 +6,7 @@ rule variant_shard:
         "data/dataset/{split}/shard_{vshard}.npz",
     output:
         "data/variants/{variant}/{split}/shard_{vshard}.npz",
+    threads: threads_of("variants")
     params:
         cfg=variant_params,
     conda:
@@ -30,6 +31,7 @@ rule train_variant_decompiler:
         model="models/variants/{variant}/decompiler.npz",
         history="results/variants/{variant}/history.json",
         curve="results/variants/{variant}/learning_curve.csv",
+    threads: threads_of("train")
     params:
         cfg=variant_decompiler_params(),
         workdir="work/variants/{variant}",  # Orbax checkpoints; a rerun resumes from them
@@ -56,8 +58,10 @@ rule evaluate_variant_decompiler:
         metrics="results/variants/{variant}/metrics.json",
         predictions="results/variants/{variant}/test_predictions.json",
         reference="results/variants/{variant}/reference_programs.csv",
+    threads: threads_of("evaluate")
     params:
         cfg=section_params(
+            threads=["evaluate"],
             zoo=["vocab", "max_seq_len"],
             sampler=["map_constants"],
             compile=["mlp_exactness"],
@@ -94,6 +98,7 @@ rule variants_report:
             category="Variants",
             subcategory="Metrics",
         ),
+    threads: 1
     params:
         names=VARIANTS,
     conda:
@@ -116,6 +121,7 @@ rule figure_variants:
             category="Variants",
             subcategory="Figures",
         ),
+    threads: 1
     conda:
         "../envs/metamodels.yaml"
     log:

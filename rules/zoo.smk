@@ -6,8 +6,9 @@ import os
 rule vocab:
     output:
         "data/vocab.json",
+    threads: threads_of("zoo")
     params:
-        cfg=section_params(sampler=["map_constants", "max_length"]),
+        cfg=section_params(threads=["zoo"], sampler=["map_constants", "max_length"]),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -21,8 +22,11 @@ rule vocab:
 rule sample:
     output:
         "data/programs/shard_{shard}.json",
+    threads: threads_of("zoo")
     params:
-        cfg=section_params(zoo=True, sampler=True, verify=["exhaustive_limit", "samples"]),
+        cfg=section_params(
+            threads=["zoo"], zoo=True, sampler=True, verify=["exhaustive_limit", "samples"]
+        ),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -39,8 +43,10 @@ rule compile_shard:
         vocab="data/vocab.json",
     output:
         "data/compiled/shard_{shard}.npz",
+    threads: threads_of("zoo")
     params:
         cfg=section_params(
+            threads=["zoo"],
             zoo=["seed", "vocab", "max_seq_len"],
             sampler=["map_constants"],
             compile=True,
@@ -70,8 +76,10 @@ rule split:
             category="Decompiler",
             subcategory="Program zoo",
         ),
+    threads: threads_of("zoo")
     params:
         cfg=section_params(
+            threads=["zoo"],
             zoo=["vocab", "max_seq_len"],
             sampler=["map_constants", "max_length"],
             dataset=True,

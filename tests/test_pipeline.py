@@ -16,6 +16,9 @@ import yaml
 from tests.tiny import BIN, ROOT, run, snakemake, tiny_params, workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
+# Tests that do not use the `built` workspace: a group of their own (xdist joins the names),
+# so they run beside the `built` ones on the other worker.
+beside_built = pytest.mark.xdist_group("static")
 
 
 TARGET_RULES = ("all", "everything", "backdoors", "modadd")
@@ -43,11 +46,21 @@ def data_files(ws: pathlib.Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def test_the_group_reaches_the_scheduler(request):
+    """Under `pytest -n N --dist loadgroup` (the README's test command) this module's tests
+    share one worker, so `built` is built once; pytest-xdist tags the node id for that. With
+    pytest 9.2 it could not (the tag was lost and every worker built its own workspace)."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@pipeline"), request.node.nodeid
+
+
+@beside_built
 def test_lint_is_clean():
     out = snakemake(ROOT, "--lint")
     assert "Lints for" not in out.stdout + out.stderr, out.stdout
 
 
+@beside_built
 def test_dvc_yaml_is_generated_from_the_snakefile(tmp_path):
     from metamodels.core import versioning
     committed = (ROOT / "dvc.yaml").read_text()
@@ -58,6 +71,7 @@ def test_dvc_yaml_is_generated_from_the_snakefile(tmp_path):
     assert sum(name.startswith("compile_shard_") for name in stages) == n
 
 
+@beside_built
 @pytest.mark.parametrize("section,key,value,needle", [
     ("zoo", "vocabulary", [1, 2], "zoo.vocabulary"),           # unknown key
     ("zoo", "max_seq_len", "five", "zoo.max_seq_len"),         # wrong type
@@ -95,6 +109,9 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dat
     (lambda p: p["decompiler"]["train"].update(steps=7), DECOMPILER),
     (lambda p: p["decompiler"]["train"].update(learning_rate=0.002),
      {**DECOMPILER, **VARIANT_DECOMPILERS}),
+    # a rule's thread count is one of its params: its jobs rerun, the others stay
+    (lambda p: p["threads"].update(cnn_zoo=2),
+     {"cnn_zoo_shard": 2, "detect_backdoors": 3, "backdoor_report": 1, "figure2": 1}),
     (lambda p: p["decompiler"]["evaluate"].update(beam=2),
      {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
       "variants_report": 1, "figure_variants": 1}),
@@ -121,10 +138,15 @@ def test_only_what_depends_on_an_edit_reruns(built, edit, expected):
 
 
 def test_outputs_identical_whatever_cores(built, tmp_path):
+    """`built` ran with --cores 2; here --cores 1 builds the default target `all`, the CNN zoo
+    with one detector setting (threads.train = 2 > --cores: the process keeps 2), and modadd."""
     ws1 = workspace(tmp_path, tiny_params())
-    snakemake(ws1, "--cores", "1", "--quiet")          # the default target, `all`
+    snakemake(ws1, "all", "results/backdoor/scores_iid.json", "results/metrics/modadd.json",
+              "--cores", "1", "--quiet")
     a, b = data_files(built), data_files(ws1)
     assert set(b) <= set(a) and len(b) >= 10 and "results/figure3.pdf" in b
+    assert {"data/cnn_zoo/shard_000.npz", "results/backdoor/history_iid.json",
+            "models/modadd/mod1.npz", "results/metrics/modadd.json"} <= set(b)
     assert [k for k in b if a[k] != b[k]] == []
 
 

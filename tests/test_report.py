@@ -1,19 +1,20 @@
 """Snakemake's report of the tiny pipeline: every figure and metric table, with its caption.
 
 The outputs to report are those wrapped in ``report(...)`` in rules/*.smk, each with a caption in
-report/*.rst; ``snakemake everything --report FILE.zip`` must hold every one of them (the same
-bytes as in results/), in its category, with its caption rendered, plus the workflow description
-of report/workflow.rst. The report is written outside the workspace's results/.
+report/*.rst; ``snakemake everything --report FILE.html`` (the README's command) must embed
+every one of them (the same bytes as in results/), in its category, with its caption rendered,
+plus the workflow description of report/workflow.rst. The report is written outside the
+workspace's results/.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import html
 import json
 import pathlib
 import re
-import zipfile
 
 import pytest
 
@@ -85,28 +86,27 @@ def test_every_report_output_has_a_caption_file():
     assert on_disk - captions == {WORKFLOW_RST}, "a caption file no rule uses"
 
 
-def test_zip_report_holds_every_result_with_its_caption(built, tmp_path):
+def test_report_holds_every_result_with_its_caption(built, tmp_path):
+    """The README's command: one self-contained HTML page, every reported file embedded."""
     flags = report_flags(built)
     before = results_bytes(built)
-    out = tmp_path / "report.zip"
+    out = tmp_path / "report.html"
     make_report(built, out)
     assert results_bytes(built) == before, "making the report changed results/"
 
-    with zipfile.ZipFile(out) as z:
-        names = set(z.namelist())
-        page = z.read("report/report.html").decode()
-        results = js_var(page, "results")
-        categories = js_var(page, "categories")
-        assert set(results) == set(flags)
-        for path, flag in flags.items():
-            res = results[path]
-            member = f"report/{res['data_uri']}"
-            assert member in names and member.endswith("/" + pathlib.Path(path).name), path
-            assert z.read(member) == (built / path).read_bytes(), path
-            assert path in categories[flag["category"]][flag["subcategory"]], path
-            caption = (built / flag["caption"]).read_text()
-            assert plain(caption) in plain(res["caption"]), path
-            assert "system-message" not in res["caption"], res["caption"]
+    page = out.read_text()
+    results = js_var(page, "results")
+    categories = js_var(page, "categories")
+    assert set(results) == set(flags)
+    for path, flag in flags.items():
+        res = results[path]
+        head, _, payload = res["data_uri"].partition(";base64,")
+        assert head.startswith("data:") and f"filename={pathlib.Path(path).name}" in head, path
+        assert base64.b64decode(payload) == (built / path).read_bytes(), path
+        assert path in categories[flag["category"]][flag["subcategory"]], path
+        caption = (built / flag["caption"]).read_text()
+        assert plain(caption) in plain(res["caption"]), path
+        assert "system-message" not in res["caption"], res["caption"]
     assert set(categories) == CATEGORIES
 
     desc = js_var(page, "workflow_desc")
@@ -117,10 +117,3 @@ def test_zip_report_holds_every_result_with_its_caption(built, tmp_path):
                    f"{p['zoo']['programs_per_shard']} programs",
                    "variants " + ", ".join(p["variants"]["decompile"])):
         assert needle in plain(desc), (needle, plain(desc))
-
-
-def test_self_contained_html_report_builds(built, tmp_path):
-    out = tmp_path / "report.html"
-    make_report(built, out)
-    page = out.read_text()
-    assert set(js_var(page, "results")) == set(report_flags(built))

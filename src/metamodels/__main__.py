@@ -1,18 +1,22 @@
 """Command line: ``python -m metamodels VERB ...`` — one verb per pipeline stage.
 
 Each experiment declares its own verbs in its ``cli.py`` (``register(sub)``); this
-module only assembles them, in the order of the DAG, and turns the failures a user
-can fix (bad params, missing data, a wrong input file) into one line and exit 2.
+module only assembles them, in the order of the DAG, keeps every verb's process to
+the threads its rule declares (:mod:`metamodels.core.threads`, before NumPy or JAX
+loads), and turns the failures a user can fix (bad params, missing data, a wrong
+input file) into one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from metamodels.backdoor import cli as backdoor
 from metamodels.core import cli as core
 from metamodels.core import config as C
+from metamodels.core import threads
 from metamodels.decompiler import cli as decompiler
 from metamodels.modadd import cli as modadd
 from metamodels.variants import cli as variants
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment.register(sub)
     args = ap.parse_args(argv)
     try:
+        limited = threads.limit(threads.wanted(getattr(args, "config", None)))
         args.func(args)
     except C.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -38,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if limited:
+        c = threads.census()
+        print(f"[threads] kept to {os.environ['OMP_NUM_THREADS']}: XLA CPU pool "
+              f"{c.get('xla_pool', '?')}, BLAS/OpenMP {c.get('blas', '-')}; "
+              f"{c.get('os', '?')} OS threads in all", file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,7 @@ def cmd_cnn_zoo_shard(args) -> None:
 
 def cmd_detect_backdoors(args) -> None:
     from metamodels.backdoor.stage import run_detect
-    run_detect(params_of(args), args.zoo, args.setting, args.scores, args.history)
+    run_detect(params_of(args), args.zoo, args.setting, args.scores, args.history, args.timing)
 
 
 def cmd_backdoor_report(args) -> None:
@@ -46,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--setting", required=True, help="iid | iid_noaug | ood_<attack>")
     p.add_argument("--scores", required=True, help="output test scores (JSON)")
     p.add_argument("--history", required=True, help="output training history (JSON)")
+    p.add_argument("--timing", help="where to write training seconds and throughput (JSON)")
     p.set_defaults(func=cmd_detect_backdoors, expected=_dataset_errors)
 
     p = sub.add_parser("backdoor-report", help="backdoors 3: AUC per trigger, ROC table")

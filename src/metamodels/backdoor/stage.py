@@ -198,9 +198,15 @@ def setting_split(zoo: Mapping, det: Mapping, setting: str) -> dict[str, np.ndar
     return out
 
 
+#: Wall-clock fields of the detector's history: they go to the timing log, never into outputs
+#: (same params, same bytes).
+TIMING_KEYS = ("train_s", "examples_per_s")
+
+
 def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_out: str,
-               history_out: str) -> None:
-    """Train meta-model and baseline for one setting; write test scores (JSON)."""
+               history_out: str, timing_out: str | None = None) -> None:
+    """Train meta-model and baseline for one setting; write test scores and the training
+    history (JSON), and the wall-clock seconds to ``timing_out`` (JSON) when given."""
     from metamodels.backdoor import cnn
     from metamodels.backdoor import detector as D
     det = params["detector"]
@@ -238,9 +244,12 @@ def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_o
         "meta_model": [float(s) for s in scores],
         "baseline": [float(s) for s in base_scores],
         "n": {r: int(len(split[r])) for r in ROLES},
-        "train_s": round(meta_s, 1),
     })
-    S.write_json(history_out, {"setting": setting, "history": history})
+    S.write_json(history_out, {"setting": setting, "history": [
+        {k: v for k, v in e.items() if k not in TIMING_KEYS} for e in history]})
+    if timing_out:
+        S.write_json(timing_out, {"setting": setting, "train_s": round(meta_s, 1), "history": [
+            {k: e[k] for k in ("step", *TIMING_KEYS)} for e in history]})
 
 
 def _auc_table(scores: Mapping) -> dict:

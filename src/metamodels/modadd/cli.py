@@ -7,7 +7,7 @@ from metamodels.core.cli import add_params, params_of
 
 def cmd_modadd_train(args) -> None:
     from metamodels.modadd.stage import run_train
-    run_train(params_of(args), args.task, args.model, args.history)
+    run_train(params_of(args), args.task, args.model, args.history, args.timing)
 
 
 def cmd_modadd_analyse(args) -> None:
@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--task", required=True, help="clean | mod<P1> (a key of modadd.runs)")
     p.add_argument("--model", required=True, help="output runs' parameters (.npz)")
     p.add_argument("--history", required=True, help="output per-epoch history (CSV)")
+    p.add_argument("--timing", help="where to write training seconds (JSON)")
     p.set_defaults(func=cmd_modadd_train)
 
     p = sub.add_parser("modadd-analyse", help="modadd 2: head attribution and patching")

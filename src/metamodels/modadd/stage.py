@@ -498,8 +498,10 @@ def task_seeds(seed: int, task: str, runs: int) -> list[int]:
             for r in range(runs)]
 
 
-def run_train(params: Mapping, task: str, model_out: str, history_out: str) -> None:
-    """Train every run of one task and write its model file and history CSV."""
+def run_train(params: Mapping, task: str, model_out: str, history_out: str,
+              timing_out: str | None = None) -> None:
+    """Train every run of one task and write its model file and history CSV, and its
+    wall-clock seconds to ``timing_out`` (JSON) when given (never into the outputs)."""
     from metamodels.core import shards as S
     m = params["modadd"]
     cfg = with_defaults(m["train"])
@@ -514,8 +516,8 @@ def run_train(params: Mapping, task: str, model_out: str, history_out: str) -> N
     arrays.update({
         "history": history.astype(np.float32), "stop_epoch": np.asarray(stops, np.int64),
         "seed": np.asarray(seeds, np.int64), "task": S.text_array([task]),
-        "config": S.text_array([json.dumps({"train": cfg, "p1": p1, "clean": clean,
-                                            "train_s": round(train_s, 1)}, sort_keys=True)]),
+        "config": S.text_array([json.dumps({"train": cfg, "p1": p1, "clean": clean},
+                                           sort_keys=True)]),
     })
     S.save_npz(model_out, arrays)
     lines = ["task,run,epoch," + ",".join(HISTORY_COLUMNS)]
@@ -525,6 +527,8 @@ def run_train(params: Mapping, task: str, model_out: str, history_out: str) -> N
             lines.append(f"{task},{r},{e}," + ",".join(
                 "" if np.isnan(v) else f"{v:.6g}" for v in row))
     S.write_bytes(history_out, ("\n".join(lines) + "\n").encode())
+    if timing_out:
+        S.write_json(timing_out, {"task": task, "runs": len(seeds), "train_s": round(train_s, 1)})
     print(f"[modadd] {task}: {len(seeds)} runs, stop epochs {stops.tolist()}, "
           f"{train_s:.0f}s -> {model_out}", file=sys.stderr)
 
@@ -537,7 +541,7 @@ def load_task(path: str) -> dict:
     return {"params": {k[len("param/"):]: v for k, v in z.items() if k.startswith("param/")},
             "history": z["history"], "stop_epoch": z["stop_epoch"], "seed": z["seed"],
             "task": str(z["task"][0]), "p1": meta["p1"], "clean": meta["clean"],
-            "cfg": meta["train"], "train_s": meta.get("train_s")}
+            "cfg": meta["train"]}
 
 
 def _final_row(history: np.ndarray) -> np.ndarray:
@@ -574,8 +578,7 @@ def run_analyse(params: Mapping, model_paths: Sequence[str], patching_out: str,
             "stop_epoch": t["stop_epoch"].tolist(),
             "clean_accuracy": [round(float(v), 4) for v in finals[:, 2]],
             "backdoor_accuracy": None if t["clean"] else
-            [round(float(v), 4) for v in finals[:, 3]],
-            "train_s": t["train_s"]}
+            [round(float(v), 4) for v in finals[:, 3]]}
         tokens = np.concatenate([all_pairs(p0, 0)] + ([] if t["clean"] else [all_pairs(p0, 1)]))
         data = {"tokens": tokens, "trigger": tokens[:, 2] == 1}
         attribution[name] = []
