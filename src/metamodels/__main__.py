@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if limited:
         c = threads.census()
         print(f"[threads] kept to {os.environ['OMP_NUM_THREADS']}: XLA CPU pool "
-              f"{c.get('xla_pool', '?')}, BLAS/OpenMP {c.get('blas', '-')}; "
+              f"{c.get('xla_pool', '- (JAX not loaded)')}, BLAS/OpenMP {c.get('blas', '-')}; "
               f"{c.get('os', '?')} OS threads in all", file=sys.stderr)
     return 0
 

@@ -92,7 +92,8 @@ def limit(n: int | None, environ=os.environ) -> bool:
 
 def census() -> dict[str, int]:
     """This process's threads now: ``os`` (all, from /proc/self/status), ``xla_pool`` (threads
-    of XLA's CPU compute pool; 0 before JAX first computes) and ``blas`` (the largest pool of
+    of XLA's CPU compute pool; 0 before JAX first computes; absent when JAX is not loaded) and
+    ``blas`` (the largest pool of
     the BLAS/OpenMP libraries loaded, as threadpoolctl reads them; absent when none is loaded).
     Linux only: {} where /proc is missing."""
     try:
@@ -101,8 +102,9 @@ def census() -> dict[str, int]:
                  for t in pathlib.Path("/proc/self/task").iterdir()]
     except OSError:
         return {}
-    out = {"os": int(status.split("Threads:")[1].split()[0]),
-           "xla_pool": names.count(XLA_POOL_THREAD)}
+    out = {"os": int(status.split("Threads:")[1].split()[0])}
+    if "jaxlib" in sys.modules:  # a verb that never loads JAX has no XLA pool to report
+        out["xla_pool"] = names.count(XLA_POOL_THREAD)
     from threadpoolctl import threadpool_info
     pools = [p["num_threads"] for p in threadpool_info()]
     if pools:
