@@ -10,7 +10,6 @@ input file) into one line and exit 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from metamodels.backdoor import cli as backdoor
@@ -32,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         experiment.register(sub)
     args = ap.parse_args(argv)
     try:
-        limited = threads.limit(threads.wanted(getattr(args, "config", None)))
+        n_threads = threads.wanted(getattr(args, "config", None))
+        limited = threads.limit(n_threads)
         args.func(args)
     except C.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if limited:
         c = threads.census()
-        print(f"[threads] kept to {os.environ['OMP_NUM_THREADS']}: XLA CPU pool "
+        print(f"[threads] kept to {n_threads}: XLA CPU pool "
               f"{c.get('xla_pool', '- (JAX not loaded)')}, BLAS/OpenMP {c.get('blas', '-')}; "
               f"{c.get('os', '?')} OS threads in all", file=sys.stderr)
     return 0
