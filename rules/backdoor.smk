@@ -3,6 +3,8 @@
 
 
 rule cnn_zoo_shard:
+    input:
+        images_exist,
     output:
         "data/cnn_zoo/shard_{cnn_shard}.npz",
     threads: threads_of("cnn_zoo")

@@ -92,3 +92,15 @@ def workspace(dest: pathlib.Path, params: dict) -> pathlib.Path:
 
 def snakemake(cwd, *args, check=True):
     return run([str(BIN / "snakemake"), *args], cwd, check=check)
+
+
+# What the pipeline writes that must be reproducible byte for byte: data, trained models,
+# results and figures. Not logs/ (wall times, per-job timings) nor work/ (resumable training
+# checkpoints). The rule of test_pipeline.py's determinism test (its `data_files`).
+OUTPUT_DIRS = ("data", "models", "results")
+
+
+def pipeline_outputs(ws: pathlib.Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every file under OUTPUT_DIRS of workspace `ws`."""
+    return {str(p.relative_to(ws)): p.read_bytes()
+            for top in OUTPUT_DIRS for p in sorted((ws / top).rglob("*")) if p.is_file()}

@@ -38,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        # A verb's `expected` names the errors its user can fix; anything else is a bug.
-        if not isinstance(e, getattr(args, "expected", tuple)()):
-            raise
-        print(f"error: {e}", file=sys.stderr)
+        # A file a verb reads that is missing or malformed (any verb), or an error the verb's
+        # `expected` names, is the user's to fix: one line, exit 2. Anything else is a bug.
+        line = core.file_error_line(e)
+        if line is None:
+            if not isinstance(e, getattr(args, "expected", tuple)()):
+                raise
+            line = str(e)
+        print(f"error: {line}", file=sys.stderr)
         return 2
     if limited:
         c = threads.census()

@@ -42,3 +42,13 @@ def test_ragged_round_trip():
     parts = [np.array([1, 2]), np.array([], dtype=np.int64), np.array([3])]
     values, off = S.ragged(parts, np.int32)
     assert [values[off[i]:off[i + 1]].tolist() for i in range(3)] == [[1, 2], [], [3]]
+
+
+def test_atomic_write_removes_what_a_killed_writer_left(tmp_path):
+    """A SIGKILL skips atomic_path's clean-up; the next write of that file removes its debris
+    (and only its own: another output's temporary file stays)."""
+    (tmp_path / ".x.npz.k1l2.tmp").write_bytes(b"half a file")
+    (tmp_path / ".y.npz.k1l2.tmp").write_bytes(b"another writer's")
+    S.write_bytes(tmp_path / "x.npz", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.npz.k1l2.tmp", "x.npz"]
+    assert (tmp_path / "x.npz").read_bytes() == b"whole"

@@ -39,6 +39,25 @@ def file_errors() -> tuple[type[Exception], ...]:
     return (ValueError, FileNotFoundError)
 
 
+# OSErrors that say a path is wrong (missing, a directory, ...), whichever verb meets them.
+PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+               FileExistsError)
+
+
+def file_error_line(e: BaseException) -> str | None:
+    """One line, ``FILE: what is wrong``, for an error every verb reports without a traceback:
+    a file that is missing, unreadable or in the wrong format (``shards.FileFormatError``,
+    raised by every reader: ``shards.load_npz``, ``shards.read_json``) or an OSError on a named
+    path. None for anything else (the verb's own ``expected`` errors, or a bug)."""
+    shards = sys.modules.get("metamodels.core.shards")  # loaded if it raised (NumPy: lazily)
+    if shards is not None and isinstance(e, shards.FileFormatError):
+        return str(e)
+    if isinstance(e, PATH_ERRORS) and e.filename is not None:
+        from metamodels.core.shards import os_error_text
+        return f"{e.filename}: {os_error_text(e)}"
+    return None
+
+
 def cmd_check_params(args) -> None:
     C.load(args.params)
     print(f"{args.params}: valid")

@@ -1,8 +1,12 @@
 """params.yaml: loading and validation (JSON schema plus cross-field rules).
 
 Every stage reads its parameters from here, and the Snakefile calls
-:func:`validate` before any job runs, so a wrong type, range or unknown key
-fails at once with a message naming the key.
+:func:`validate` before any job runs, so a wrong type, range or unknown key, a
+cross-field conflict (``_cross_checks``) or an input path that does not exist
+(:func:`check_input_paths`: the image files of ``images.dataset`` when they cannot be
+downloaded; the Snakefile checks them while it builds the DAG of a target that trains
+CNNs, so ``results/figure3.pdf`` never needs them) fails at once with a message naming
+the key.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = pathlib.Path(__file__).with_name("schemas") / "params.schema.yaml"
+
+
+# Classes of each images.dataset (cnn_zoo.cnn.classes needs a logit for each).
+DATASET_CLASSES = {"fashion_mnist": 10, "cifar10": 10}
 
 
 class ParamsError(ValueError):
@@ -39,8 +47,12 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
-def validate(params: Mapping[str, Any], source: str = "params.yaml") -> None:
-    """Raise ParamsError naming the first bad key; return None when valid."""
+def validate(params: Mapping[str, Any], source: str = "params.yaml",
+             root: str | pathlib.Path | None = None, check_paths: bool = True) -> None:
+    """Raise ParamsError naming the first bad key; return None when valid.
+
+    With `check_paths` the input files params name must exist too (:func:`check_input_paths`).
+    """
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
@@ -54,6 +66,8 @@ def validate(params: Mapping[str, Any], source: str = "params.yaml") -> None:
             hint = f"'{key}': {e.message}"
         raise ParamsError(f"{source}: {hint}")
     _cross_checks(params, source)
+    if check_paths:
+        check_input_paths(params, source, root)
 
 
 def _cross_checks(params: Mapping[str, Any], source: str) -> None:
@@ -65,14 +79,36 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
         raise ParamsError(f"{source}: 'dataset.split' fractions must sum to 1, "
                           f"got {sum(d['split'].values())}")
     m = params.get("modadd", {})
-    if "patching_task" in m and "runs" in m and len(m["runs"]) > 1 \
-            and m["patching_task"] not in m["runs"]:
+    if "patching_task" in m and "runs" in m and m["patching_task"] not in m["runs"]:
         raise ParamsError(f"{source}: 'modadd.patching_task' ({m['patching_task']}) must be one "
                           f"of the tasks in 'modadd.runs' ({', '.join(m['runs'])})")
+    p0 = m.get("train", {}).get("p0")
+    for task in m.get("runs", {}):
+        if p0 is not None and task.startswith("mod") and int(task[3:]) > p0:
+            raise ParamsError(f"{source}: 'modadd.runs.{task}': the backdoor modulus {task[3:]} "
+                              f"must be <= 'modadd.train.p0' ({p0}): its labels are among the "
+                              f"p0 tokens")
+    for sec in ("decompiler", "detector"):
+        mod = params.get(sec, {}).get("model", {})
+        if "d_model" in mod and "heads" in mod and mod["d_model"] % mod["heads"]:
+            raise ParamsError(f"{source}: '{sec}.model.d_model' ({mod['d_model']}) must be a "
+                              f"multiple of '{sec}.model.heads' ({mod['heads']})")
     z = params.get("cnn_zoo", {}).get("models_per_shard", {})
     if z and not any(v > 0 for k, v in z.items() if k != "clean"):
         raise ParamsError(f"{source}: 'cnn_zoo.models_per_shard' needs at least one poisoned "
                           "model per shard")
+    det = params.get("detector", {})
+    if z:
+        for attack in det.get("ood_train_attacks", []):
+            if not z.get(attack, 0):
+                raise ParamsError(f"{source}: 'detector.ood_train_attacks' trains on {attack}, "
+                                  f"but 'cnn_zoo.models_per_shard.{attack}' makes none: add "
+                                  f"{attack} models or remove the attack")
+    classes = params.get("cnn_zoo", {}).get("cnn", {}).get("classes")
+    dataset = params.get("images", {}).get("dataset")
+    if classes is not None and dataset in DATASET_CLASSES and classes < DATASET_CLASSES[dataset]:
+        raise ParamsError(f"{source}: 'cnn_zoo.cnn.classes' ({classes}) must be at least the "
+                          f"{DATASET_CLASSES[dataset]} classes of 'images.dataset' ({dataset})")
     sp = params.get("detector", {}).get("split", {})
     if sp and sp.get("val", 0) + sp.get("test", 0) >= 1:
         raise ParamsError(f"{source}: 'detector.split' val + test must leave models to train "
@@ -86,6 +122,40 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
                                        ("Map", "SequenceMap", "Aggregate", "SelectorWidth")):
         raise ParamsError(f"{source}: 'sampler.op_weights' needs a positive weight on an op "
                           "that reads tokens (Map, SequenceMap, Aggregate or SelectorWidth)")
+
+
+def check_input_paths(params: Mapping[str, Any], source: str = "params.yaml",
+                      root: str | pathlib.Path | None = None) -> None:
+    """Raise ParamsError naming the key unless the input files params point to exist: the
+    images of ``images.dataset``, unless the pipeline may download them (CIFAR-10 with
+    ``images.download``). Relative paths are resolved against `root` (default: the current
+    directory, Snakemake's working directory, where the jobs resolve them too)."""
+    root = pathlib.Path.cwd() if root is None else pathlib.Path(root)
+    im = params.get("images")
+    if not im:
+        return
+    # The file names belong to the image readers; imported here, as only the Snakefile checks
+    # paths (load() does not: verbs such as check-params and --help keep NumPy unloaded).
+    from metamodels.backdoor import images as I
+    if im["dataset"] == "fashion_mnist":
+        key = "fashion_mnist_root"
+        folder = root / im[key]
+        wanted = {f: [folder / f, folder / f"{f}.gz"] for f in I.FASHION_MNIST_FILES.values()}
+        fix = ("install Debian's dataset-fashion-mnist, point the key at the folder of the IDX "
+               "files, or use images.dataset: cifar10 with images.download: true")
+    elif im["dataset"] == "cifar10" and not im["download"]:
+        key = "cifar10_root"
+        folder = root / im[key] / I.CIFAR10_DIR
+        wanted = {f: [folder / f] for f in (*I.CIFAR10_TRAIN_FILES, I.CIFAR10_TEST_FILE)}
+        fix = (f"point the key at the folder holding {I.CIFAR10_DIR}/, or set "
+               "images.download: true to fetch it")
+    else:
+        return
+    missing = [f for f, paths in wanted.items() if not any(p.is_file() for p in paths)]
+    if missing:
+        what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
+        raise ParamsError(f"{source}: 'images.{key}' ({im[key]}): {folder} {what} (images of "
+                          f"images.dataset {im['dataset']}); {fix}")
 
 
 def validate_partial(params: Mapping[str, Any], source: str = "--config") -> None:
@@ -119,7 +189,9 @@ def sections(params: Mapping[str, Any], **wanted: Any) -> str:
     return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
-def load(path: str | pathlib.Path = "params.yaml") -> dict:
+def load(path: str | pathlib.Path = "params.yaml", check_paths: bool = False) -> dict:
+    """The validated params of a file. A verb run by hand (``--params``) loads the whole file
+    but may not read the images, so their paths are checked only with `check_paths`."""
     path = pathlib.Path(path)
     try:
         params = yaml.safe_load(path.read_text())
@@ -127,5 +199,5 @@ def load(path: str | pathlib.Path = "params.yaml") -> dict:
         raise ParamsError(f"{path}: file not found (run from the repository root or pass --params)") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    validate(params, str(path))
+    validate(params, str(path), check_paths=check_paths)
     return params

@@ -10,30 +10,74 @@ structured records as JSON text in such arrays; nothing is an object array.
 
 Every write goes to a temporary file in the destination folder and is renamed
 over the target only when complete, so a crash never leaves a partial file.
+
+Every read goes through :func:`load_npz` or :func:`read_json`. A file that is
+missing, a directory, truncated, not an ``.npz`` (or not JSON), or whose
+columns are missing or do not parse raises :class:`FileFormatError` (a
+``ValueError``) naming the file and the column, which every verb of ``python
+-m metamodels`` reports in one line (``error: FILE: what is wrong``), exit 2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
 import pathlib
 import tempfile
 import zipfile
+import zlib
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
+# Text columns that hold JSON (docs/data-formats.md): every ``*_json`` column, and the
+# one-element ``layout``/``meta``/``config`` columns of CNN zoo, detector and modadd files.
+JSON_COLUMNS = ("layout", "meta", "config")
+
+
+class FileFormatError(ValueError):
+    """A file a verb reads is missing, unreadable or not in the expected format.
+
+    ``str(e)`` is one line, ``FILE: what is wrong``; ``path`` and ``column`` (None when the
+    fault is the whole file) say where."""
+
+    def __init__(self, path: str | os.PathLike, what: str, column: str | None = None):
+        self.path, self.what, self.column = str(path), what, column
+        super().__init__(f"{path}: {what}")
+
+
+class Arrays(dict):
+    """The arrays of one ``.npz`` file (:func:`load_npz`), by column name; a missing column
+    raises :class:`FileFormatError` naming the file, not a bare ``KeyError``."""
+
+    def __init__(self, path: str | os.PathLike, arrays=()):
+        super().__init__(arrays)
+        self.path = str(path)
+
+    def __missing__(self, key):
+        raise FileFormatError(self.path, f"no '{key}' column", column=key)
+
+    def __reduce__(self):  # pickles (worker processes) as its path and a plain dict
+        return (Arrays, (self.path, dict(self)))
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-    """Yield a temporary path beside `path`; rename it over `path` on success."""
+    """Yield a temporary path beside `path`; rename it over `path` on success.
+
+    Temporary files of `path` that a killed writer left behind (``.NAME.*.tmp``: a SIGKILL
+    skips the clean-up below) are removed first; one writer per output, as in the pipeline.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = pathlib.Path(tmp)
@@ -68,7 +112,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(pathlib.Path(path).read_text())
+    """The JSON document in `path`; :class:`FileFormatError` when it is missing or not JSON."""
+    try:
+        text = pathlib.Path(path).read_text()
+    except OSError as e:
+        raise FileFormatError(path, os_error_text(e)) from None
+    except UnicodeDecodeError:
+        raise FileFormatError(path, "not a JSON file (not UTF-8 text)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileFormatError(path, f"not valid JSON ({_json_error(e)})") from None
 
 
 def csv_text(rows: list[Mapping[str, Any]], fields: list[str]) -> str:
@@ -117,7 +171,76 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
                 zf.writestr(info, buf.getvalue(), compresslevel=6)
 
 
-def load_npz(path: str | os.PathLike, keys=None) -> dict[str, np.ndarray]:
-    """The arrays of an .npz (pickle disabled): all, or only `keys` (the others are not read)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in (z.files if keys is None else keys)}
+def load_npz(path: str | os.PathLike, keys=None, check_json: bool = True) -> Arrays:
+    """The arrays of an .npz (pickle disabled): all, or only `keys` (the others are not read).
+
+    The one reader of every ``.npz`` this project reads. Anything wrong with the file — missing,
+    a directory, empty, truncated, not an .npz, a requested column missing, a member that does
+    not decompress or is not a plain array, or (with `check_json`) a JSON column
+    (:data:`JSON_COLUMNS`) whose text does not parse — raises :class:`FileFormatError` naming
+    the file and the column. A column asked for later that the file lacks raises it too."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise FileFormatError(path, os_error_text(e)) from None
+    if not head:
+        raise FileFormatError(path, "empty file, not an .npz")
+    if head.startswith(b"\x93NUMPY"):
+        raise FileFormatError(path, "a single-array .npy file, not an .npz")
+    if not head.startswith(b"PK"):
+        raise FileFormatError(path, "not an .npz file (not a zip archive)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError):
+        raise FileFormatError(path, "truncated or corrupt: not a readable .npz (zip) file") \
+            from None
+    out = Arrays(path)
+    with z:
+        names = z.files
+        for k in (names if keys is None else keys):
+            if k not in names:
+                raise FileFormatError(path, f"no '{k}' column", column=k)
+            try:
+                out[k] = z[k]
+            except (zipfile.BadZipFile, EOFError, zlib.error, OSError):
+                raise FileFormatError(path, f"column '{k}' is truncated or corrupt",
+                                      column=k) from None
+            except ValueError:
+                raise FileFormatError(path, f"column '{k}' is not a plain array (object or "
+                                      "damaged data)", column=k) from None
+    if check_json:
+        for k, a in out.items():
+            if k.endswith("_json") or k in JSON_COLUMNS:
+                _check_json_column(path, k, a)
+    return out
+
+
+def _check_json_column(path, key: str, a: np.ndarray) -> None:
+    if a.dtype.kind != "U":
+        raise FileFormatError(path, f"column '{key}' should hold JSON text, has dtype {a.dtype}",
+                              column=key)
+    for i, text in enumerate(a.reshape(-1)):
+        try:
+            json.loads(str(text))
+        except json.JSONDecodeError as e:
+            where = f" row {i}" if a.size > 1 else ""
+            raise FileFormatError(path, f"column '{key}'{where} is not valid JSON "
+                                  f"({_json_error(e)})", column=key) from None
+
+
+def _json_error(e: json.JSONDecodeError) -> str:
+    return f"{e.msg} at line {e.lineno} column {e.colno}"
+
+
+def os_error_text(e: OSError) -> str:
+    """What is wrong with a file, in words, for an OSError from opening it."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(e, NotADirectoryError):
+        return "a part of the path is not a directory"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return (e.strerror or type(e).__name__).lower()

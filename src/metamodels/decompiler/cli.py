@@ -24,7 +24,7 @@ def cmd_figure3(args) -> None:
 
 def cmd_decompile(args) -> None:
     from metamodels.decompiler.stage import decompile_file
-    print(decompile_file(args.model, args.weights, args.index, args.beam), end="")
+    print(decompile_file(args.model, args.weights, args.index, args.beam, args.force), end="")
 
 
 def register(sub) -> None:
@@ -62,4 +62,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="models/decompiler.npz", help="trained decompiler")
     p.add_argument("--index", type=int, default=0, help="row of the weights file")
     p.add_argument("--beam", type=int, default=1, help="beam width")
+    p.add_argument("--force", action="store_true",
+                   help="decompile a model from another input domain (vocab, max_seq_len) than "
+                        "the decompiler's training domain, with a warning, instead of refusing")
     p.set_defaults(func=cmd_decompile, expected=file_errors)

@@ -71,19 +71,39 @@ def save_model(path: str, params, cfg: Mapping, vocab: Vocab, edges: Sequence[in
     S.save_npz(path, arrays)
 
 
+BUILD_HINT = ("a trained decompiler is built by `snakemake models/decompiler.npz` "
+              "(or `bash scripts/run.sh models/decompiler.npz`)")
+
+
 def load_model(path: str):
-    """(params, cfg, vocab, edges) of a model file written by :func:`save_model`."""
-    arrays = S.load_npz(path)
+    """(params, cfg, vocab, edges) of a model file written by :func:`save_model`.
+
+    A missing or malformed file raises :class:`~metamodels.core.shards.FileFormatError`
+    naming it and saying how to build one."""
+    try:
+        arrays = S.load_npz(path)
+    except S.FileFormatError as e:
+        raise S.FileFormatError(path, f"{e.what}; {BUILD_HINT}", e.column) from None
     for key in ("config_json", "vocab_json", "edges_json"):
-        if key not in arrays:
-            raise ValueError(f"{path}: not a decompiler model file (no {key}); train one with "
-                             "`snakemake models/decompiler.npz`")
+        if key not in arrays or arrays[key].size != 1:
+            raise S.FileFormatError(path, f"not a decompiler model file (no '{key}' column); "
+                                    f"{BUILD_HINT}", key)
     cfg = json.loads(str(arrays["config_json"][0]))
     vd = json.loads(str(arrays["vocab_json"][0]))
-    vocab = Vocab(L.Tables(vd["map_constants"]), vd["max_ops"])
-    if vocab.tokens != vd["tokens"]:
+    edges = json.loads(str(arrays["edges_json"][0]))
+    if not (isinstance(cfg, dict) and isinstance(cfg.get("domain"), dict)
+            and {"vocab", "max_seq_len"} <= set(cfg["domain"])):
+        raise S.FileFormatError(path, "column 'config_json' has no training domain (vocab, "
+                                f"max_seq_len); {BUILD_HINT}", "config_json")
+    try:
+        vocab = Vocab(L.Tables(vd["map_constants"]), vd["max_ops"])
+        same = vocab.tokens == vd["tokens"]
+    except (KeyError, TypeError, ValueError):
+        raise S.FileFormatError(path, "column 'vocab_json' is not a program vocabulary; "
+                                f"{BUILD_HINT}", "vocab_json") from None
+    if not same:
         raise ValueError(f"{path}: its vocabulary differs from this version of metamodels")
-    return unflatten(arrays), cfg, vocab, json.loads(str(arrays["edges_json"][0]))
+    return unflatten(arrays), cfg, vocab, edges
 
 
 # ---------------------------------------------------------------------------
@@ -253,24 +273,122 @@ def decompile_weights(models: Sequence[tuple[np.ndarray, list]], trainer, model_
     return out
 
 
-def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int = 1) -> str:
-    """Readable RASP source recovered from a zoo-format weights file (row ``index``)."""
-    from metamodels.decompiler.train import Trainer
-    from metamodels.rasp.program import render
-    from metamodels.rasp.tokenizer import decode as decode_tokens
+class DomainMismatch(ValueError):
+    """The weights come from another input domain than the decompiler was trained on."""
+
+
+def input_domain(meta: Mapping, layout: Sequence[Mapping]) -> dict | None:
+    """``{"vocab", "max_seq_len"}`` a zoo-format row's model was compiled for: its stored
+    ``domain`` when there is one, else read off the model (its input tokens less BOS and PAD,
+    its position embedding); None when the row does not say."""
+    from metamodels.zoo.compiler import decode_value
+    d = meta.get("domain")
+    if isinstance(d, Mapping) and {"vocab", "max_seq_len"} <= set(d):
+        return {"vocab": list(d["vocab"]), "max_seq_len": int(d["max_seq_len"])}
+    try:
+        m = meta["model"]
+        special = [decode_value(m["bos_token"]), decode_value(m["pad_token"])]
+        vocab = [v for v in (decode_value(t) for t in m["input_tokens"]) if v not in special]
+        (pos,) = [item for item in layout if item["name"] == "pos_embed/embeddings"]
+        return {"vocab": vocab, "max_seq_len": int(pos["shape"][0]) - 1}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _same_domain(a: Mapping, b: Mapping) -> bool:
+    return set(a["vocab"]) == set(b["vocab"]) and int(a["max_seq_len"]) == int(b["max_seq_len"])
+
+
+def _domain_text(d: Mapping) -> str:
+    try:
+        vocab = sorted(d["vocab"])
+    except TypeError:
+        vocab = list(d["vocab"])
+    return f"vocab {vocab}, max_seq_len {d['max_seq_len']}"
+
+
+def verification_problem(meta: Mapping, shard: Mapping | None = None) -> str | None:
+    """Why a zoo-format row is not a verified compilation (None when it is): its stored
+    ``verification`` failed, is missing, compared no position, or the row or file is marked
+    unverified (``verified: false``, ``unverified: true``)."""
+    shard = shard if isinstance(shard, Mapping) else {}
+    v = meta.get("verification")
+    marked = (meta.get("verified") is False or shard.get("verified") is False
+              or bool(meta.get("unverified")) or bool(shard.get("unverified")))
+    if not isinstance(v, Mapping) or "passed" not in v:
+        return "it has no stored verification" if not marked else "it is marked unverified"
+    if v["passed"] is not True or marked:
+        if isinstance(v.get("reason"), str) and v["reason"]:
+            return f"its stored verification failed ({v['reason']})"
+        bad, pos = v.get("mismatched_positions"), v.get("positions")
+        if isinstance(bad, int) and isinstance(pos, int) and bad:
+            return (f"its stored verification failed ({bad} of {pos} output positions differ "
+                    "from the program's)")
+        return "its stored verification failed"
+    pos, none = v.get("positions"), v.get("none_positions")
+    if isinstance(pos, int) and isinstance(none, int) and pos - none <= 0:
+        return "its stored verification compared no position (every output is None)"
+    return None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int = 1,
+                   force: bool = False, warn=_warn) -> str:
+    """Readable RASP source recovered from a zoo-format weights file (row ``index``).
+
+    Warns (``warn(message)``, default: a ``warning:`` line on stderr) when the row's stored
+    verification failed or is missing: such a model is not a faithful compilation of a RASP
+    program. A model whose input domain (vocab, max_seq_len) is not the decompiler's training
+    domain raises :class:`DomainMismatch`, or with ``force`` is warned about and decompiled."""
     from metamodels.zoo.stage import row
-    model_params, cfg, vocab, edges = load_model(model_path)
     arrays = S.load_npz(weights_path)
-    for key in ("weights", "weights_offsets", "layout_json"):
+    for key in ("weights", "weights_offsets", "layout_json", "meta_json"):
         if key not in arrays:
-            raise ValueError(f"{weights_path}: not a zoo weights file (no '{key}' column); "
-                             "write one with `python -m metamodels compile PROGRAM.py --out FILE`")
+            raise S.FileFormatError(weights_path, f"not a zoo weights file (no '{key}' column); "
+                                    "write one with `python -m metamodels compile PROGRAM.py "
+                                    "--out FILE`", key)
     n = int(arrays["weights_offsets"].shape[0] - 1)
     if not 0 <= index < n:
         raise ValueError(f"{weights_path}: index {index} out of range (0..{n - 1})")
+    w0, w1 = (int(x) for x in arrays["weights_offsets"][index:index + 2])
+    if not 0 <= w0 <= w1 <= arrays["weights"].size:
+        raise S.FileFormatError(weights_path, f"column 'weights_offsets' row {index} points "
+                                "outside 'weights'", "weights_offsets")
     r = row(arrays, index)
+    meta = r["meta"] if isinstance(r["meta"], Mapping) else {}
+    layout = r["layout"]
+    if not (isinstance(layout, list) and all(isinstance(x, Mapping) for x in layout)):
+        raise S.FileFormatError(weights_path, f"column 'layout_json' row {index} is not a "
+                                "list of weight arrays", "layout_json")
+    where = weights_path if n == 1 else f"{weights_path} row {index}"
+    model_params, cfg, vocab, edges = load_model(model_path)
+    trained = cfg["domain"]
+    domain = input_domain(meta, layout)
+    if domain is None:
+        warn(f"{where}: the row does not say which input domain its model was compiled for; "
+             f"the decompiler was trained on {_domain_text(trained)}")
+    elif not _same_domain(domain, trained):
+        text = (f"{where}: the model's domain ({_domain_text(domain)}) differs from the "
+                f"decompiler's training domain ({_domain_text(trained)}, {model_path})")
+        if not force:
+            raise DomainMismatch(f"{text}; its output would be meaningless (pass --force to "
+                                 "decompile anyway)")
+        warn(f"{text}; decompiling anyway (--force): the recovered program is unreliable")
+    shard = {}
+    if "shard_json" in arrays and arrays["shard_json"].size:
+        shard = json.loads(str(arrays["shard_json"].reshape(-1)[0]))
+    problem = verification_problem(meta, shard)
+    if problem:
+        warn(f"{where}: {problem}: the input model is not a faithful compilation of a RASP "
+             "program, so the recovered program need not be what the weights compute")
+    from metamodels.decompiler.train import Trainer
+    from metamodels.rasp.program import render
+    from metamodels.rasp.tokenizer import decode as decode_tokens
     trainer = Trainer(cfg, vocab)
-    (tokens,) = decompile_weights([(r["weights"], r["layout"])], trainer, model_params, cfg,
+    (tokens,) = decompile_weights([(r["weights"], layout)], trainer, model_params, cfg,
                                   vocab, edges, beam)
     if isinstance(tokens, Exception):
         raise tokens

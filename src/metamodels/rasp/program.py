@@ -33,7 +33,15 @@ ARITY = {"Map": 1, "SequenceMap": 2, "LinearSequenceMap": 2, "Aggregate": 3, "Se
 
 
 class UnsupportedProgram(ValueError):
-    """A RASP expression that the program tables cannot represent."""
+    """A RASP expression that the program tables cannot represent.
+
+    ``expr`` is the offending tracr expression when one is known (``from_rasp``), so a
+    caller can name it in the user's terms.
+    """
+
+    def __init__(self, message: str, expr: Any = None):
+        super().__init__(message)
+        self.expr = expr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,13 +287,15 @@ def to_rasp(program: Program, tables: L.Tables) -> rasp.SOp:
 
 
 def from_rasp(sop: rasp.SOp, tables: L.Tables, vocab: Iterable[Any],
-              max_seq_len: int) -> Program:
+              max_seq_len: int, exprs: dict[str, rasp.SOp] | None = None) -> Program:
     """Convert a tracr RASP expression whose functions behave like table entries.
 
     Lambdas are matched by behaviour on the value set that reaches them, so any
     program written with equivalent Python lambdas converts. Raises
     UnsupportedProgram for anything outside the grammar (Full, ConstantSOp,
-    composite selectors, lambdas no table entry matches, ...).
+    composite selectors, lambdas no table entry matches, ...), with the offending
+    expression in its ``expr``. ``exprs``, when given, is filled with op name -> the tracr
+    expression it came from.
     """
     vocab = set(vocab)
     vs: dict[str, set] = {"tokens": vocab, "indices": set(range(max_seq_len))}
@@ -306,41 +316,48 @@ def from_rasp(sop: rasp.SOp, tables: L.Tables, vocab: Iterable[Any],
             x = visit(e.inner)
             tok = L.match_map(tables, e.f, vs[x])
             if tok is None:
-                raise UnsupportedProgram(f"{e.label}: no table lambda behaves like this Map")
+                raise UnsupportedProgram(f"{e.label}: no table lambda behaves like this Map", e)
             op = Op("", "Map", tok, (x,), enc(e))
         elif isinstance(e, rasp.LinearSequenceMap):
             x, y = visit(e.fst), visit(e.snd)
             match = [t for t in tables.linear if (t.fst_fac, t.snd_fac) == (e.fst_fac, e.snd_fac)]
             if not match:
-                raise UnsupportedProgram(f"{e.label}: LinearSequenceMap factors not in table")
+                raise UnsupportedProgram(f"{e.label}: LinearSequenceMap factors not in table", e)
             op = Op("", "LinearSequenceMap", match[0].token, (x, y), enc(e))
         elif isinstance(e, rasp.SequenceMap):
             x, y = visit(e.fst), visit(e.snd)
             tok = L.match_sequence_map(tables, e.f, vs[x], vs[y])
             if tok is None:
-                raise UnsupportedProgram(f"{e.label}: no table lambda behaves like this SequenceMap")
+                raise UnsupportedProgram(f"{e.label}: no table lambda behaves like this SequenceMap",
+                                         e)
             op = Op("", "SequenceMap", tok, (x, y), enc(e))
         elif isinstance(e, (rasp.Aggregate, rasp.SelectorWidth)):
             sel = e.selector
             if not isinstance(sel, rasp.Select):
-                raise UnsupportedProgram(f"{e.label}: composite selectors are not supported")
+                raise UnsupportedProgram(f"{e.label}: composite selectors are not supported", e)
             k, q = visit(sel.keys), visit(sel.queries)
             pred = L.match_predicate(sel.predicate, vs[k], vs[q])
             if pred is None:
-                raise UnsupportedProgram(f"{e.label}: no table predicate behaves like this Select")
+                raise UnsupportedProgram(f"{e.label}: no table predicate behaves like this Select",
+                                         e)
             if isinstance(e, rasp.SelectorWidth):
                 op = Op("", "SelectorWidth", pred, (k, q), enc(e))
             else:
                 s = visit(e.sop)
                 op = Op("", "Aggregate", pred, (k, q, s), enc(e))
         else:
-            raise UnsupportedProgram(f"{type(e).__name__} is outside the program grammar")
+            raise UnsupportedProgram(f"{type(e).__name__} is outside the program grammar", e)
         name = f"t{len(ops)}"
         op = dataclasses.replace(op, name=name)
         ops.append(op)
-        validate_structure(Program(tuple(ops)), tables)
-        vs[name] = op_value_set(op, vs, tables, max_seq_len)
+        try:
+            validate_structure(Program(tuple(ops)), tables)
+            vs[name] = op_value_set(op, vs, tables, max_seq_len)
+        except UnsupportedProgram as err:
+            raise UnsupportedProgram(str(err), e) from None
         names[e.unique_id] = name
+        if exprs is not None:
+            exprs[name] = e
         return name
 
     visit(sop)
@@ -372,7 +389,7 @@ def op_signature(op: Op, tables: L.Tables) -> tuple:
 
 
 def canonicalize(program: Program, tables: L.Tables, vocab: Iterable[Any],
-                 max_seq_len: int) -> tuple[Program, int]:
+                 max_seq_len: int, names: dict[str, str] | None = None) -> tuple[Program, int]:
     """Canonical form and the number of ops whose function was rewritten.
 
     1. prune to the output's ancestors; 2. rewrite each lambda/predicate to
@@ -380,6 +397,9 @@ def canonicalize(program: Program, tables: L.Tables, vocab: Iterable[Any],
     3. merge identical ops; 4. order ops by (tracr half-layer, computational
     depth, op signature) and rename them v1, v2, ... in that order, ordering
     the arguments of commutative lambdas by that rank.
+
+    ``names``, when given, is filled with each input op name -> its canonical name (merged
+    duplicates map to the op they merged into; pruned ops are left out).
     """
     program = prune(program)
     validate_structure(program, tables)
@@ -434,6 +454,11 @@ def canonicalize(program: Program, tables: L.Tables, vocab: Iterable[Any],
             rank[o.name] = len(rank)
             new_name[o.name] = name
         remaining = [o for o in remaining if o not in group]
+    if names is not None:
+        for op in program.ops:
+            target = alias.get(op.name, op.name)
+            if target in new_name:
+                names[op.name] = new_name[target]
     return Program(tuple(ordered)), rewrites
 
 

@@ -85,9 +85,13 @@ class Vocab:
     @classmethod
     def load(cls, path) -> "Vocab":
         """Rebuild from vocab.json; fails if the file was written by other tables."""
-        with open(path) as f:
-            d = json.load(f)
-        vocab = cls(L.Tables(d["map_constants"]), d["max_ops"])
+        from metamodels.core.shards import FileFormatError, read_json
+        d = read_json(path)
+        try:
+            vocab = cls(L.Tables(d["map_constants"]), d["max_ops"])
+        except (KeyError, TypeError) as e:
+            raise FileFormatError(path, f"not a vocab.json (no {e} field); rerun the vocab "
+                                  "rule") from None
         if vocab.tokens != d["tokens"]:
             raise ValueError(f"{path}: token list differs from this version of metamodels; "
                              "rerun the vocab rule")

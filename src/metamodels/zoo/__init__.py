@@ -9,6 +9,8 @@ Stages (rules/zoo.smk):  vocab -> sample (per shard) -> compile_shard (per shard
 ``forward``   the compiled model's forward pass in NumPy (verification and decoding).
 ``workers``   compile worker processes with a timeout and a memory cap per program.
 ``dataset``   deduplication and the train/val/test split (``data/dataset/``).
+``user_program``  users' own programs (``compile``): tracr's validators up front, the user's
+              expressions named, verification against the user's program, diagnosis.
 
 Inputs: ``params.yaml`` (``zoo``, ``sampler``, ``compile``, ``verify``, ``dataset``).
 Outputs: ``data/dataset/{train,val,test}/shard_JJJ.npz`` (docs/data-formats.md), read by the

@@ -38,7 +38,7 @@ def cmd_show(args) -> None:
     arrays = shards.load_npz(args.shard)
     n = len(arrays["length"])
     if not 0 <= args.index < n:
-        sys.exit(f"{args.shard}: index {args.index} out of range (0..{n - 1})")
+        raise ValueError(f"{args.shard}: --index {args.index} is out of range (0..{n - 1})")
     r = row(arrays, args.index)
     print(r["source"])
     if args.vocab:
@@ -49,12 +49,18 @@ def cmd_show(args) -> None:
 
 def cmd_compile(args) -> None:
     from metamodels.zoo.stage import compile_file
-    info = compile_file(params_of(args), args.program, args.out)
+    from metamodels.zoo.user_program import format_diagnosis
+    info = compile_file(params_of(args), args.program, args.out, args.keep_unverified)
     print(info.pop("source"), end="")
-    print(f"[compile] {json.dumps(info)} -> {args.out}", file=sys.stderr)
+    diagnosis = info.pop("diagnosis")
+    print(f"[compile] {json.dumps(info)}" + (f" -> {args.out}" if info["written"] else ""),
+          file=sys.stderr)
     if not info["verified"]:
-        sys.exit(f"{args.program}: the compiled model disagrees with RASP on some inputs "
-                 "(a known tracr limitation); the file was written but is not a faithful model")
+        kept = (f"written to {args.out}, marked unverified (--keep-unverified)"
+                if info["written"] else "no model file written (--keep-unverified writes one, "
+                "marked unverified)")
+        sys.exit(f"error: {args.program}: NOT VERIFIED: {info['reason']}; {kept}"
+                 + (f"\n{format_diagnosis(diagnosis)}" if diagnosis else ""))
 
 
 def register(sub) -> None:
@@ -90,10 +96,12 @@ def register(sub) -> None:
     p.add_argument("program", help="Python file that assigns a tracr RASP SOp to `program`")
     p.add_argument("--out", required=True, help="output weights file (.npz, zoo format)")
     p.add_argument("--params", default="params.yaml", help="vocab/max_seq_len/lambda tables")
+    p.add_argument("--keep-unverified", action="store_true",
+                   help="write the model file even when it is not verified (marked so)")
     p.set_defaults(func=cmd_compile, config=None, expected=file_errors)
 
     p = sub.add_parser("show", help="print one program of a shard (source, tokens, metadata)")
     p.add_argument("shard")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--vocab", help="vocab.json, to print tokens")
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(func=cmd_show, expected=file_errors)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import json
-import pathlib
 import sys
 import time
 from typing import Any, Mapping
@@ -90,12 +89,15 @@ def verification_inputs(params: Mapping) -> list[np.ndarray]:
                   np.random.SeedSequence(entropy=z["seed"], spawn_key=(2 ** 31,)))
 
 
-def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) -> dict:
+def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float,
+           min_compared: float = 0.0) -> dict:
     """Compare the compiled model's decoded output with RASP on every input.
 
     Positions where RASP's output is None carry no value a transformer could
-    produce and are not compared (their count is reported); programs with
-    mostly-None outputs were rejected by the sampler.
+    produce and are not compared (their count is reported). A verification
+    that compares no position, or fewer than ``min_compared`` (a share,
+    ``verify.min_compared``) of them, fails: it would otherwise pass a model
+    whatever its weights. ``reason`` says why a failed verification failed.
     """
     n_inputs = n_pos = n_none = n_bad = 0
     first_bad = None
@@ -121,8 +123,16 @@ def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float) ->
             row = int(np.flatnonzero(bad.any(axis=1))[0])
             first_bad = {"input": x[row].tolist(), "expected": ref.to_lists()[row],
                          "got": _decode_row(model, out[row])}
+    compared = n_pos - n_none
+    reason = None
+    if n_bad:
+        reason = f"the model's output differs from RASP's on {n_bad} of {compared} compared positions"
+    elif compared == 0 or compared < min_compared * n_pos:
+        reason = (f"RASP's output is None on {n_none} of {n_pos} positions, so only {compared} "
+                  f"could be compared (verify.min_compared={min_compared} of them must be); "
+                  "a verification that compares (almost) nothing proves nothing")
     return {"inputs": n_inputs, "positions": n_pos, "none_positions": n_none,
-            "mismatched_positions": n_bad, "passed": n_bad == 0,
+            "mismatched_positions": n_bad, "passed": reason is None, "reason": reason,
             "exhaustive": None, "first_mismatch": first_bad}
 
 
@@ -146,7 +156,8 @@ def compile_and_verify(state: dict, program_json: list) -> dict:
         raise AssertionError(f"layer allocation mismatch: tracr built {model.num_layers} layers, "
                              f"tokenizer expected {num_layers(program)}")
     t1 = time.perf_counter()
-    check = verify(model, expr, state["inputs"], params["verify"]["atol"])
+    check = verify(model, expr, state["inputs"], params["verify"]["atol"],
+                   params["verify"]["min_compared"])
     check["exhaustive"] = (domain_size(z["vocab"], z["max_seq_len"])
                            <= params["verify"]["exhaustive_limit"])
     return {"model": model.metadata(), "num_layers": model.num_layers,
@@ -276,28 +287,52 @@ def model_of(arrays: Mapping[str, np.ndarray], i: int) -> CompiledModel:
     return CompiledModel.from_arrays(named, r["meta"]["model"])
 
 
-def compile_file(params: Mapping, source_path: str, out_path: str) -> dict[str, Any]:
-    """Compile a user's Python file defining a RASP ``program`` into a one-row zoo shard."""
-    from metamodels.rasp.program import canonicalize, from_rasp, load_source
-    z, s = params["zoo"], params["sampler"]
-    tables = L.Tables(s["map_constants"])
-    src = pathlib.Path(source_path).read_text()
-    expr = load_source(src)
-    program = from_rasp(expr, tables, z["vocab"], z["max_seq_len"])
-    canon, _ = canonicalize(program, tables, z["vocab"], z["max_seq_len"])
-    vocab = Vocab.from_params(params)
-    canon_expr = to_rasp(canon, tables)
-    model = compile_program(canon_expr, set(z["vocab"]), z["max_seq_len"],
-                            mlp_exactness=params["compile"]["mlp_exactness"])
-    check = verify(model, canon_expr, verification_inputs(params),
-                       params["verify"]["atol"])
-    entry = {"program": canon.to_json(), "source": render(canon, tables), "ops_rewritten": 0,
-             "none_fraction": None}
-    result = {"model": model.metadata(), "num_layers": model.num_layers,
-              "residual_width": model.residual_size, "flat": model.flat(),
-              "layout": model.layout(), "verification": check}
-    arrays = pack([{"entry": entry, "result": result}], vocab)
-    arrays["shard_json"] = S.text_array([S.dumps_json({"source_file": str(source_path)})])
-    S.save_npz(out_path, arrays)
-    return {"ops": len(canon), "layers": model.num_layers, "params": int(model.flat().size),
-            "verified": check["passed"], "source": render(canon, tables)}
+def compile_file(params: Mapping, source_path: str, out_path: str,
+                 keep_unverified: bool = False) -> dict[str, Any]:
+    """Compile a user's Python file defining a RASP ``program`` into a one-row zoo shard.
+
+    The checks, compile and verification (:func:`metamodels.zoo.user_program.
+    compile_user_program`) run in the zoo's worker process, under ``compile.timeout_s`` and
+    ``compile.memory_mb``. Returns facts for the CLI: ``verified``, ``written``, ``diagnosis``.
+    The file is written when the model is verified, or with ``keep_unverified`` (then its
+    row's ``verification.passed`` is false and ``shard_json`` says ``"verified": false``).
+
+    Raises ``ProgramError`` (a ValueError) for what the user can fix: the program file, a
+    program tracr cannot compile faithfully, too large, a timeout or the memory cap.
+    """
+    from metamodels.zoo.user_program import ProgramError, compile_task
+    c = params["compile"]
+    task = {"params": dict(params), "source": str(source_path), "keep": keep_unverified}
+    (out,) = run_tasks(compile_task, [task], timeout_s=c["timeout_s"], memory_mb=c["memory_mb"])
+    if out.status == "timeout":
+        raise ProgramError(f"{source_path}: compiling took longer than compile.timeout_s="
+                           f"{c['timeout_s']} s and was stopped; raise compile.timeout_s or "
+                           "shrink the program's value sets")
+    if out.status == "crash" or (out.status == "error" and "MemoryError" in out.error):
+        raise ProgramError(f"{source_path}: compiling ran out of memory or crashed ({out.error}); "
+                           f"compile.memory_mb={c['memory_mb']} caps it: raise it or shrink the "
+                           "program's value sets")
+    if out.status != "ok":
+        raise RuntimeError(f"compiling {source_path} failed in the worker: {out.error}")
+    if "bug" in out.value:
+        raise RuntimeError(f"compiling {source_path} hit a bug in metamodels; the worker's "
+                           f"traceback:\n{out.value['bug']}")
+    if "refused" in out.value:
+        raise ProgramError(out.value["refused"])
+    done = out.value["ok"]
+    check = done["result"]["verification"]
+    written = check["passed"] or keep_unverified
+    if written:
+        vocab = Vocab.from_params(params)
+        arrays = pack([{"entry": done["entry"], "result": done["result"]}], vocab)
+        arrays["shard_json"] = S.text_array([S.dumps_json(
+            {"source_file": str(source_path), "verified": check["passed"],
+             "diagnosis": done["diagnosis"]})])
+        S.save_npz(out_path, arrays)
+    return {"ops": done["ops"], "layers": done["result"]["num_layers"],
+            "params": int(done["result"]["flat"].size), "verified": check["passed"],
+            "inputs_checked": check["inputs"], "positions_compared":
+                check["positions"] - check["none_positions"],
+            "none_positions": check["none_positions"], "written": written,
+            "reason": check["reason"], "diagnosis": done["diagnosis"],
+            "source": done["entry"]["source"]}
