@@ -11,7 +11,7 @@ rule cnn_zoo_shard:
     params:
         cfg=section_params(threads=["cnn_zoo"], images=True, cnn_zoo=True),
     resources:
-        gpu=1,
+        **resources_of("cnn_zoo_shard"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -33,7 +33,7 @@ rule detect_backdoors:
     params:
         cfg=section_params(threads=["train"], detector=True),
     resources:
-        gpu=1,
+        **resources_of("detect_backdoors"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -67,6 +67,8 @@ rule backdoor_report:
     threads: 1
     params:
         cfg=section_params(cnn_zoo=["asr_threshold"]),
+    resources:
+        **resources_of("backdoor_report"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -88,6 +90,8 @@ rule figure2:
             subcategory="Figures",
         ),
     threads: 1
+    resources:
+        **resources_of("figure2"),
     conda:
         "../envs/metamodels.yaml"
     log:

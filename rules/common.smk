@@ -1,6 +1,9 @@
 # Shared setup: configuration, validation, and path helpers for every stage.
 
+import os
+
 from metamodels.core import config as params_schema
+from metamodels.core import resources as cluster_resources
 from metamodels.backdoor.stage import setting_names as detection_settings
 from metamodels.variants.stage import distill_ratio
 
@@ -37,6 +40,27 @@ def threads_of(group):
     """A rule's `threads:` (params.yaml `threads.GROUP`); pass the same group to its verb with
     section_params(threads=[GROUP], ...), whose process then keeps to that many threads."""
     return config["threads"][group]
+
+
+def resources_of(name_of_rule):
+    """A rule's `resources:` for a cluster: mem_mb, runtime (minutes), cpus_per_task and gpu,
+    computed from the params per job (its wildcards) and doubled on a retry. The formulas, and
+    the measurements they are based on, are in src/metamodels/core/resources.py.
+
+    METAMODELS_GPUS=N in the environment caps every job's GPUs (0: a CPU-only cluster; jobs
+    are then timed at CPU rates). An environment variable, not `--resources gpu=0`: a cluster
+    job re-evaluates its resources in its own Snakemake process, which gets the environment
+    (sbatch --export=ALL) but not `--resources`, and would ask srun for the GPU again."""
+    cap = os.environ.get("METAMODELS_GPUS", "").strip()
+    gpus = int(cap) if cap else None
+
+    def one(name):
+        def value(wildcards, attempt):
+            return cluster_resources.job_resources(
+                name_of_rule, config, dict(wildcards.items()), attempt, gpus=gpus)[name]
+        return value
+
+    return {name: one(name) for name in ("mem_mb", "runtime", "cpus_per_task", "gpu")}
 
 
 def section_params(**wanted):

@@ -24,7 +24,7 @@ rule train_decompiler:
         ),
         workdir="work/decompiler",  # Orbax checkpoints; a rerun resumes from them
     resources:
-        gpu=1,
+        **resources_of("train_decompiler"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -65,6 +65,8 @@ rule evaluate_decompiler:
             compile=["mlp_exactness"],
             decompiler=["evaluate"],
         ),
+    resources:
+        **resources_of("evaluate_decompiler"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -90,6 +92,8 @@ rule figure3:
             subcategory="Figures",
         ),
     threads: 1
+    resources:
+        **resources_of("figure3"),
     conda:
         "../envs/metamodels.yaml"
     log:

@@ -9,6 +9,8 @@ rule train_modadd:
     threads: threads_of("train")
     params:
         cfg=modadd_task_params,
+    resources:
+        **resources_of("train_modadd"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -47,6 +49,8 @@ rule analyse_modadd:
     threads: threads_of("evaluate")
     params:
         cfg=section_params(threads=["evaluate"], modadd=["patching_task"]),
+    resources:
+        **resources_of("analyse_modadd"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -70,6 +74,8 @@ rule figure_backdoor_heads:
             subcategory="Figures",
         ),
     threads: 1
+    resources:
+        **resources_of("figure_backdoor_heads"),
     conda:
         "../envs/metamodels.yaml"
     log:

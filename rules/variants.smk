@@ -9,6 +9,8 @@ rule variant_shard:
     threads: threads_of("variants")
     params:
         cfg=variant_params,
+    resources:
+        **resources_of("variant_shard"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -36,7 +38,7 @@ rule train_variant_decompiler:
         cfg=variant_decompiler_params(),
         workdir="work/variants/{variant}",  # Orbax checkpoints; a rerun resumes from them
     resources:
-        gpu=1,
+        **resources_of("train_variant_decompiler"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -67,6 +69,8 @@ rule evaluate_variant_decompiler:
             compile=["mlp_exactness"],
             decompiler=["evaluate"],
         ),
+    resources:
+        **resources_of("evaluate_variant_decompiler"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -101,6 +105,8 @@ rule variants_report:
     threads: 1
     params:
         names=VARIANTS,
+    resources:
+        **resources_of("variants_report"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -122,6 +128,8 @@ rule figure_variants:
             subcategory="Figures",
         ),
     threads: 1
+    resources:
+        **resources_of("figure_variants"),
     conda:
         "../envs/metamodels.yaml"
     log:

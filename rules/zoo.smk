@@ -9,6 +9,8 @@ rule vocab:
     threads: threads_of("zoo")
     params:
         cfg=section_params(threads=["zoo"], sampler=["map_constants", "max_length"]),
+    resources:
+        **resources_of("vocab"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -27,6 +29,8 @@ rule sample:
         cfg=section_params(
             threads=["zoo"], zoo=True, sampler=True, verify=["exhaustive_limit", "samples"]
         ),
+    resources:
+        **resources_of("sample"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -52,6 +56,8 @@ rule compile_shard:
             compile=True,
             verify=True,
         ),
+    resources:
+        **resources_of("compile_shard"),
     conda:
         "../envs/metamodels.yaml"
     log:
@@ -85,6 +91,8 @@ rule split:
             dataset=True,
         ),
         outdir=lambda wildcards, output: os.path.dirname(output.summary),
+    resources:
+        **resources_of("split"),
     conda:
         "../envs/metamodels.yaml"
     log:

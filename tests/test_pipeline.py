@@ -1,9 +1,9 @@
 """The Snakemake + DVC pipeline on a tiny configuration, end to end.
 
 Covers (every paper's stages, target `everything`): params validated before any job; only what depends on an edit reruns;
-bitwise-identical outputs for --cores 1 and --cores 2; the
-`dvc push` / fresh clone / `dvc pull` / nothing-to-do round trip; `snakemake
---lint`; dvc.yaml agreeing with the Snakefile.
+bitwise-identical outputs for --cores 1 and --cores 2; `snakemake
+--lint`; dvc.yaml agreeing with the Snakefile. The `dvc push` / fresh clone /
+`dvc pull` / nothing-to-do round trip is in test_dvc_remote.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pathlib
 import pytest
 import yaml
 
-from tests.tiny import BIN, ROOT, run, snakemake, tiny_params, workspace
+from tests.tiny import ROOT, snakemake, tiny_params, workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 # Tests that do not use the `built` workspace: a group of their own (xdist joins the names),
@@ -148,39 +148,3 @@ def test_outputs_identical_whatever_cores(built, tmp_path):
     assert {"data/cnn_zoo/shard_000.npz", "results/backdoor/history_iid.json",
             "models/modadd/mod1.npz", "results/metrics/modadd.json"} <= set(b)
     assert [k for k in b if a[k] != b[k]] == []
-
-
-def test_interrupted_run_resumes(built, tmp_path):
-    ws = workspace(tmp_path, tiny_params())
-    for f, content in data_files(built).items():
-        if f.startswith(("data/programs", "data/compiled", "data/vocab")):
-            (ws / f).parent.mkdir(parents=True, exist_ok=True)
-            (ws / f).write_bytes(content)
-    (ws / "data/compiled/shard_00001.npz").unlink()  # as if killed while compiling
-    snakemake(ws, "data/compiled/shard_00000.npz", "--touch", "--cores", "1", "--quiet")
-    assert planned_jobs(ws, "all") == {"compile_shard": 1, "split": 1, **DECOMPILER}
-    snakemake(ws, "--cores", "2", "--quiet")
-    done, ref = data_files(ws), data_files(built)
-    assert done == {k: ref[k] for k in done}
-
-
-def test_dvc_push_clone_pull_round_trip(built, tmp_path):
-    remote = tmp_path / "remote"
-    run([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(remote)], built)
-    run(["bash", "scripts/push.sh"], built)
-    lock = yaml.safe_load((built / "dvc.lock").read_text())
-    assert {s for s in lock["stages"]} == set(yaml.safe_load((built / "dvc.yaml").read_text())["stages"])
-    assert all(o.get("md5") for s in lock["stages"].values() for o in s["outs"])
-    run(["git", "add", "dvc.yaml", "dvc.lock"], built)
-    run(["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "commit", "-qm", "data"], built)
-
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
-    assert not (clone / "data").exists() and not (clone / ".snakemake").exists()
-    run([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(remote)], clone)
-    (clone / ".venv").symlink_to(BIN.parent)  # scripts use .venv/bin
-    run(["bash", "scripts/pull.sh"], clone)
-    assert data_files(clone) == data_files(built)
-    assert planned_jobs(clone) == {}
-    out = snakemake(clone, "-n").stdout
-    assert "Nothing to be done" in out

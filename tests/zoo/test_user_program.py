@@ -240,3 +240,43 @@ def test_a_canonical_program_that_computes_something_else_is_refused(base):
     other_canon, _ = to_canonical(other, base)
     with pytest.raises(ProgramError, match="without changing what it computes"):
         check_same_behaviour(user, to_rasp(other_canon, tables), inputs)
+
+
+def test_sampled_verification_reaches_the_widest_selectors(base, tmp_path):
+    """On a sampled domain (5 tokens, length 16), random inputs almost never repeat one token
+    ten times, where tracr's SelectorWidth MLP is too coarse; the structured inputs do."""
+    prog = tmp_path / "hist.py"
+    prog.write_text("from tracr.rasp import rasp\n"
+                    "program = rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, "
+                    "rasp.Comparison.EQ))\n")
+    out = compile_user_program(domain(base, [1, 2, 3, 4, 5], 16), str(prog), False)
+    check = out["result"]["verification"]
+    assert not check["exhaustive"] and not check["passed"]
+    assert "SelectorWidth" in out["diagnosis"]["cause"]
+
+
+def test_a_lambda_that_raises_is_named_with_its_input(base, tmp_path):
+    prog = tmp_path / "raises.py"
+    prog.write_text("from tracr.rasp import rasp\n"
+                    "length = rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, "
+                    "rasp.Comparison.TRUE))\n"
+                    "inv = rasp.Map(lambda x: 10 // (x - 3), length)\n"
+                    "program = inv\n")
+    with pytest.raises(ProgramError, match=r"`inv` .*raised ZeroDivisionError.* on x=3"):
+        compile_user_program(base, str(prog), False)
+
+
+def test_out_must_not_be_a_directory(base, tmp_path):
+    from metamodels.zoo.stage import compile_file
+    with pytest.raises(ProgramError, match="is a directory; --out names the model file"):
+        compile_file(base, str(CASES / "case07_reverse.py"), str(tmp_path))
+
+
+def test_a_row_pointing_outside_its_columns_is_a_file_error(base, tmp_path):
+    from metamodels.rasp.tokenizer import Vocab
+    from metamodels.zoo.stage import pack, row
+    done = compile_user_program(base, str(CASES / "case07_reverse.py"), False)
+    arrays = S.Arrays(tmp_path / "cut.npz", pack([done], Vocab.from_params(base)))
+    arrays["weights"] = arrays["weights"][:100]
+    with pytest.raises(S.FileFormatError, match="'weights_offsets' row 0 points outside"):
+        row(arrays, 0)

@@ -4,10 +4,14 @@ Snakemake runs the pipeline; DVC versions what it produced. Every Snakemake
 job becomes one DVC stage with the same command, inputs (``deps``) and outputs
 (``outs``), read from a forced dry run of the whole DAG. After a run,
 ``dvc commit`` records the hashes in ``dvc.lock`` and ``dvc push`` stores the
-files; in a fresh clone ``dvc pull`` restores them and ``snakemake --touch``
-marks them up to date (pulled files get new modification times and the
-``.snakemake/`` metadata is not versioned). ``tests/test_pipeline.py`` checks
-that the committed dvc.yaml equals what this module generates.
+files (``scripts/push.sh``), together with Snakemake's per-output records in
+``.snakemake/metadata`` (params, shell command, input files and checksums), which
+``snakemake-metadata.dvc`` versions. In a fresh clone a plain ``dvc pull`` restores
+both, and Snakemake, with the default profile (``profiles/default/``: input
+checksums compared, ``mtime`` left out of the rerun triggers), finds nothing to do
+although the pulled files got new modification times; a params edit still reruns
+what depends on it. ``tests/test_pipeline.py`` checks that the committed dvc.yaml
+equals what this module generates; ``tests/test_dvc_remote.py`` runs the round trip.
 """
 
 from __future__ import annotations

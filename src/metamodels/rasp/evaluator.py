@@ -749,6 +749,22 @@ def all_inputs(vocab, max_seq_len: int, min_len: int = 1) -> list[np.ndarray]:
     return out
 
 
+def edge_inputs(vocab, max_seq_len: int) -> list[np.ndarray]:
+    """Structured sequences of every length 1..max_seq_len that random samples almost never
+    hold, grouped by length: each token repeated (the widest selectors: a SelectorWidth or a
+    mean over every position) and the sorted vocabulary cycled up and down."""
+    vals, dtype = _vocab_array(vocab)
+    table = _value_table(vals, dtype)
+    V = len(vals)
+    out = []
+    for L in range(1, max_seq_len + 1):
+        rows = [np.full(L, v) for v in range(V)]
+        rows.append(np.arange(L) % V)
+        rows.append((V - 1 - np.arange(L)) % V)
+        out.append(table[np.unique(np.stack(rows), axis=0)])
+    return out
+
+
 def sample_inputs(vocab, max_seq_len: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
     """`n` random sequences grouped by length (ascending), deterministic in rng.
 

@@ -286,6 +286,18 @@ def to_rasp(program: Program, tables: L.Tables) -> rasp.SOp:
     return env[program.output]
 
 
+def _no_match(fn, points: list[tuple], kind: str) -> str:
+    """Why a lambda matched no table entry: it raises on a value that reaches it, or not."""
+    for pt in sorted(points, key=repr):
+        try:
+            fn(*pt)
+        except Exception as err:  # noqa: BLE001 - any exception of the user's lambda
+            args = ", ".join(f"{n}={v!r}" for n, v in zip("xy", pt))
+            return (f"its lambda raised {type(err).__name__}: {err} on {args}, a value that "
+                    f"reaches this {kind}; a lambda must accept every value that can reach it")
+    return f"no table lambda behaves like this {kind}"
+
+
 def from_rasp(sop: rasp.SOp, tables: L.Tables, vocab: Iterable[Any],
               max_seq_len: int, exprs: dict[str, rasp.SOp] | None = None) -> Program:
     """Convert a tracr RASP expression whose functions behave like table entries.
@@ -316,7 +328,8 @@ def from_rasp(sop: rasp.SOp, tables: L.Tables, vocab: Iterable[Any],
             x = visit(e.inner)
             tok = L.match_map(tables, e.f, vs[x])
             if tok is None:
-                raise UnsupportedProgram(f"{e.label}: no table lambda behaves like this Map", e)
+                raise UnsupportedProgram(f"{e.label}: " + _no_match(e.f, [(v,) for v in vs[x]],
+                                                                     "Map"), e)
             op = Op("", "Map", tok, (x,), enc(e))
         elif isinstance(e, rasp.LinearSequenceMap):
             x, y = visit(e.fst), visit(e.snd)
@@ -328,8 +341,8 @@ def from_rasp(sop: rasp.SOp, tables: L.Tables, vocab: Iterable[Any],
             x, y = visit(e.fst), visit(e.snd)
             tok = L.match_sequence_map(tables, e.f, vs[x], vs[y])
             if tok is None:
-                raise UnsupportedProgram(f"{e.label}: no table lambda behaves like this SequenceMap",
-                                         e)
+                pairs = [(a, b) for a in vs[x] for b in vs[y]]
+                raise UnsupportedProgram(f"{e.label}: " + _no_match(e.f, pairs, "SequenceMap"), e)
             op = Op("", "SequenceMap", tok, (x, y), enc(e))
         elif isinstance(e, (rasp.Aggregate, rasp.SelectorWidth)):
             sel = e.selector

@@ -274,13 +274,20 @@ def domain(vocab: Sequence, max_seq_len: int, exhaustive_limit: int, samples: in
 
     The whole domain (every sequence of length 1..max_seq_len) when it has at
     most `exhaustive_limit` inputs, else `samples` random inputs drawn from
-    `seed_seq`.
+    `seed_seq` plus the structured inputs of every length (:func:`evaluator.edge_inputs`:
+    each token repeated, the vocabulary cycled), which random samples almost never hold
+    and which reach the widest selectors (a SelectorWidth too coarse for max_seq_len).
     """
     size = domain_size(vocab, max_seq_len)
     if size <= exhaustive_limit:
         return E.all_inputs(sorted(vocab), max_seq_len)
     rng = np.random.default_rng(seed_seq)
-    return E.sample_inputs(sorted(vocab), max_seq_len, samples, rng)
+    sampled = {x.shape[1]: x for x in E.sample_inputs(sorted(vocab), max_seq_len, samples, rng)}
+    out = []
+    for edges in E.edge_inputs(sorted(vocab), max_seq_len):
+        n = edges.shape[1]
+        out.append(np.concatenate([sampled[n], edges]) if n in sampled else edges)
+    return out
 
 
 def domain_size(vocab: Sequence, max_seq_len: int) -> int:

@@ -19,6 +19,7 @@ submodule still imports them, via tracr.compiler.__init__).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -370,8 +371,39 @@ def _validate_program(program, vocab, compiler_bos, compiler_pad) -> None:
         raise NotImplementedError(f"Unsupported RASP expressions:\n{msg}")
 
 
+def _one_hot(self: bases.VectorSpaceWithBasis, basis_direction: bases.BasisDirection):
+    """``VectorSpaceWithBasis.vector_from_basis_direction`` without its ``np.eye(num_dims)``.
+
+    tracr builds a whole identity matrix for every basis vector it asks for (and keeps it
+    alive as the vector's base array): quadratic time and memory in the space's size, which
+    made a 3,240-unit SequenceMap MLP take minutes. The same float64 one-hot values, so the
+    weights stay bitwise identical to stock tracr's.
+    """
+    magnitudes = np.zeros(self.num_dims)
+    magnitudes[self.index_by_direction[basis_direction]] = 1.0
+    return self.make_vector(magnitudes)
+
+
+@contextlib.contextmanager
+def _fast_one_hot():
+    """Use :func:`_one_hot` inside tracr's craft stages (the stock path keeps tracr's own)."""
+    stock = bases.VectorSpaceWithBasis.vector_from_basis_direction
+    bases.VectorSpaceWithBasis.vector_from_basis_direction = _one_hot
+    try:
+        yield
+    finally:
+        bases.VectorSpaceWithBasis.vector_from_basis_direction = stock
+
+
 def _build_craft(program, vocab, max_seq_len, compiler_bos, compiler_pad, mlp_exactness):
     """tracr's pure-Python stages; returns (craft_model, graph, sink)."""
+    with _fast_one_hot():
+        return _build_craft_stages(program, vocab, max_seq_len, compiler_bos, compiler_pad,
+                                   mlp_exactness)
+
+
+def _build_craft_stages(program, vocab, max_seq_len, compiler_bos, compiler_pad,
+                        mlp_exactness):
     _validate_program(program, vocab, compiler_bos, compiler_pad)
     extracted = rasp_to_graph.extract_rasp_graph(program)
     graph, sources, sink = extracted.graph, extracted.sources, extracted.sink

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import pathlib
 import sys
 import time
 from typing import Any, Mapping
@@ -266,9 +267,17 @@ def shard_programs(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 def row(arrays: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
-    """One program of a loaded shard as a dict (tokens, weights, layout, meta...)."""
+    """One program of a loaded shard as a dict (tokens, weights, layout, meta...).
+
+    Raises shards.FileFormatError when the row's offsets point outside its columns."""
     t0, t1 = arrays["tokens_offsets"][i:i + 2]
     w0, w1 = arrays["weights_offsets"][i:i + 2]
+    for name, (a, b), column in (("tokens", (t0, t1), "tokens_offsets"),
+                                 ("weights", (w0, w1), "weights_offsets")):
+        if not 0 <= a <= b <= arrays[name].size:
+            raise S.FileFormatError(getattr(arrays, "path", "<arrays>"), f"column '{column}' row "
+                                    f"{i} points outside '{name}' (truncated or damaged file)",
+                                    column)
     return {"tokens": arrays["tokens"][t0:t1], "weights": arrays["weights"][w0:w1],
             "program": json.loads(str(arrays["program_json"][i])),
             "source": str(arrays["source"][i]),
@@ -300,14 +309,20 @@ def compile_file(params: Mapping, source_path: str, out_path: str,
     Raises ``ProgramError`` (a ValueError) for what the user can fix: the program file, a
     program tracr cannot compile faithfully, too large, a timeout or the memory cap.
     """
-    from metamodels.zoo.user_program import ProgramError, compile_task
+    from metamodels.zoo.user_program import ProgramError, compile_task, largest_layer
     c = params["compile"]
+    out_file = pathlib.Path(out_path)
+    if out_file.is_dir():
+        raise ProgramError(f"{out_path}: is a directory; --out names the model file to write "
+                           "(e.g. model.npz)")
+    if out_file.parent.exists() and not out_file.parent.is_dir():
+        raise ProgramError(f"{out_file.parent}: is not a directory (from --out {out_path})")
     task = {"params": dict(params), "source": str(source_path), "keep": keep_unverified}
     (out,) = run_tasks(compile_task, [task], timeout_s=c["timeout_s"], memory_mb=c["memory_mb"])
     if out.status == "timeout":
         raise ProgramError(f"{source_path}: compiling took longer than compile.timeout_s="
-                           f"{c['timeout_s']} s and was stopped; raise compile.timeout_s or "
-                           "shrink the program's value sets")
+                           f"{c['timeout_s']} s and was stopped{largest_layer(params, source_path)}"
+                           "; shrink the value sets that reach it, or raise compile.timeout_s")
     if out.status == "crash" or (out.status == "error" and "MemoryError" in out.error):
         raise ProgramError(f"{source_path}: compiling ran out of memory or crashed ({out.error}); "
                            f"compile.memory_mb={c['memory_mb']} caps it: raise it or shrink the "
@@ -331,7 +346,10 @@ def compile_file(params: Mapping, source_path: str, out_path: str,
         S.save_npz(out_path, arrays)
     return {"ops": done["ops"], "layers": done["result"]["num_layers"],
             "params": int(done["result"]["flat"].size), "verified": check["passed"],
-            "inputs_checked": check["inputs"], "positions_compared":
+            "inputs_checked": check["inputs"],
+            "inputs": "the whole domain" if check["exhaustive"] else
+                      "sampled (verify.samples, plus each token repeated at every length)",
+            "positions_compared":
                 check["positions"] - check["none_positions"],
             "none_positions": check["none_positions"], "written": written,
             "reason": check["reason"], "diagnosis": done["diagnosis"],

@@ -169,7 +169,9 @@ def load_program(path: str | pathlib.Path) -> UserProgram:
         raise ProgramError(f"{path}: defines no `program`; assign the output RASP SOp to a "
                            "variable named `program`")
     if not isinstance(program, rasp.SOp):
-        raise ProgramError(f"{path}: `program` is a {type(program).__name__}, not a RASP SOp "
+        kind = type(program).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise ProgramError(f"{path}: `program` is {article} {kind}, not a RASP SOp "
                            "(e.g. rasp.Map(...), rasp.Aggregate(...))")
     if isinstance(program, (rasp.TokensType, rasp.IndicesType)):
         raise ProgramError(f"{path}: `program` is rasp.{program.label} itself; a program needs "
@@ -253,7 +255,7 @@ def to_canonical(user: UserProgram, params: Mapping) -> tuple[Program, dict[str,
                     "and the composed lambda is not a table lambda although each step may be; "
                     "write the outer Map with rasp.Map(f, inner, simplify=False) to keep "
                     "them apart")
-        else:
+        elif "raised" not in reason:
             msg += (" (each lambda must behave like an entry of the lambda tables, "
                     "docs/zoo.md, on the values that reach it)")
         raise ProgramError(msg) from None
@@ -384,6 +386,20 @@ def layer_sizes(program: Program, params: Mapping) -> list[dict]:
                     "value_set_sizes": {"inputs": sizes, "output": len(vs[op.name])},
                     "hidden": hidden, "residual": residual, "bytes": nbytes})
     return out
+
+
+def largest_layer(params: Mapping, source_path: str) -> str:
+    """``", its largest MLP is ..."`` (for a message), or "" when that cannot be told."""
+    try:
+        user = load_program(source_path)
+        program, exprs = to_canonical(user, params)
+        s = max(layer_sizes(program, params), key=lambda s: s["hidden"])
+    except Exception:  # noqa: BLE001 - only a hint for a message; never fail on it
+        return ""
+    v = s["value_set_sizes"]
+    return (f"; its largest MLP is {user.describe(exprs[s['op']])}, a {s['kind']} over "
+            f"{' x '.join(map(str, v['inputs']))} input values with {v['output']} output values: "
+            f"{s['hidden']:,} hidden units")
 
 
 def check_sizes(user: UserProgram, program: Program, exprs: Mapping[str, rasp.SOp],
