@@ -30,3 +30,10 @@ def built(tmp_path_factory):
     ws = workspace(tmp_path_factory.mktemp("ws2"), tiny_params())
     snakemake(ws, "everything", "--cores", "2", "--quiet")
     return ws
+
+
+@pytest.fixture()
+def no_thread_limit(monkeypatch):
+    """For tests that call ``metamodels.__main__.main`` in-process: no OMP_NUM_THREADS, so the
+    verb sets no thread limit and prints no ``[threads]`` line."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -24,7 +24,8 @@ from tests.decompiler.tiny_files import build
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIELD = ROOT / "tests" / "data" / "field_cases"
 
-pytestmark = pytest.mark.xdist_group("decompile_checks")
+pytestmark = [pytest.mark.xdist_group("decompile_checks"),
+              pytest.mark.usefixtures("no_thread_limit")]
 
 # field case -> what the one line must say about it
 CASES = {"trunc.npz": "truncated", "trunc_model.npz": "truncated",
@@ -34,11 +35,6 @@ CASES = {"trunc.npz": "truncated", "trunc_model.npz": "truncated",
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, default_params):
     return build(tmp_path_factory, default_params)
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_limit(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # main() in-process: no [threads] line
 
 
 def one_line_error(code: int, err: str, path) -> str:

@@ -11,7 +11,8 @@ from metamodels.decompiler import stage as decompiler
 from metamodels.zoo.stage import row
 from tests.decompiler.tiny_files import build
 
-pytestmark = pytest.mark.xdist_group("decompile_checks")
+pytestmark = [pytest.mark.xdist_group("decompile_checks"),
+              pytest.mark.usefixtures("no_thread_limit")]
 
 FAITHFUL = "not a faithful compilation of a RASP program"
 
@@ -19,11 +20,6 @@ FAITHFUL = "not a faithful compilation of a RASP program"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, default_params):
     return build(tmp_path_factory, default_params)
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_limit(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # main() in-process: no [threads] line
 
 
 @pytest.fixture()
