@@ -4,8 +4,7 @@ import os
 
 from metamodels.core import config as params_schema
 from metamodels.core import resources as cluster_resources
-from metamodels.backdoor.stage import setting_names as detection_settings
-from metamodels.variants.stage import distill_ratio
+from metamodels.core.config import detection_settings, distill_ratio
 
 
 configfile: "params.yaml"

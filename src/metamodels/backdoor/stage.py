@@ -47,6 +47,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from metamodels.core import shards as S
+from metamodels.core.config import detection_settings as setting_names
 
 CLEAN = "clean"
 ROLES = ("train", "val", "test")
@@ -166,11 +167,6 @@ def roles(attacks: Sequence[str], ood_attacks: Sequence[str], split: Mapping,
         out[idx[n_val:n_val + n_test]] = "test"
         out[idx[n_val + n_test:]] = "train"
     return out.astype(str)
-
-
-def setting_names(det: Mapping) -> list[str]:
-    """The detection settings params ask for: iid, iid_noaug, then ood_<attack> each."""
-    return ["iid", "iid_noaug"] + [f"ood_{a}" for a in det["ood_train_attacks"]]
 
 
 def setting_split(zoo: Mapping, det: Mapping, setting: str) -> dict[str, np.ndarray]:

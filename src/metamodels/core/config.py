@@ -201,3 +201,19 @@ def load(path: str | pathlib.Path = "params.yaml", check_paths: bool = False) ->
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     validate(params, str(path), check_paths=check_paths)
     return params
+
+
+# What some params mean, read by the rules at parse time (rules/common.smk) as well as by the
+# stages: kept here, where importing costs no NumPy, JAX or tracr (every Snakemake start).
+
+def distill_ratio(distill: Mapping[str, Any], kind: str) -> float:
+    """``variants.distill.ratio`` for students of `kind`: one number for both kinds, or one
+    per kind (``{compressed: 0.8, natural: 0.5}``)."""
+    ratio = distill["ratio"]
+    return float(ratio[kind] if isinstance(ratio, Mapping) else ratio)
+
+
+def detection_settings(detector: Mapping[str, Any]) -> list[str]:
+    """The backdoor-detection settings ``detector`` params ask for: iid, iid_noaug, then
+    ood_<attack> for each of ``detector.ood_train_attacks``."""
+    return ["iid", "iid_noaug"] + [f"ood_{a}" for a in detector["ood_train_attacks"]]

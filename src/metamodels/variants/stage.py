@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from metamodels.core import shards as S
+from metamodels.core.config import distill_ratio  # noqa: F401 - part of this stage's API
 from metamodels.variants import desparsify as DS
 from metamodels.zoo import dataset as D
 from metamodels.zoo import stage as zoo
@@ -42,12 +43,6 @@ FORMAT_VERSION = 1
 def row_seed(params: Mapping, variant: str, split: str, shard: int, row: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(entropy=params["variants"]["seed"], spawn_key=(
         VARIANTS.index(variant), D.SPLITS.index(split), shard, row))
-
-
-def distill_ratio(cfg: Mapping, kind: str) -> float:
-    """``variants.distill.ratio``: one number for both kinds of student, or one per kind."""
-    ratio = cfg["ratio"]
-    return float(ratio[kind] if isinstance(ratio, Mapping) else ratio)
 
 
 def activation_inputs(inputs: Sequence[np.ndarray], n: int,
