@@ -92,12 +92,12 @@ def test_tiny_training_beats_the_per_position_majority_baseline(trained):
 def test_resumed_training_equals_uninterrupted(data, tmp_path):
     params, d, paths = data
     cfg = cfg_of(params)
-    cfg["train"].update(steps=30, eval_every=10)
+    cfg["train"].update(steps=20, eval_every=10)
     vocab = Vocab.load(d / "vocab.json")
     train = B.load_split(paths["train"], cfg["input"], cfg["max_program_tokens"])
     val = B.load_split(paths["val"], cfg["input"], cfg["max_program_tokens"])
     full = train_and_evaluate(cfg, tmp_path / "a", train, val, vocab)
-    part = train_and_evaluate(cfg, tmp_path / "b", train, val, vocab, stop_after=17)
+    part = train_and_evaluate(cfg, tmp_path / "b", train, val, vocab, stop_after=13)
     assert [e["step"] for e in part["history"]] == [10]
     resumed = train_and_evaluate(cfg, tmp_path / "b", train, val, vocab)
     assert resumed["history"] == full["history"]
