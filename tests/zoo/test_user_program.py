@@ -232,12 +232,12 @@ def test_a_canonical_program_that_computes_something_else_is_refused(base):
     from metamodels.zoo.stage import verification_inputs
     from metamodels.zoo.user_program import check_same_behaviour, load_program, to_canonical
     user = load_program(CASES / "case07_reverse.py")
-    canon, _ = to_canonical(user, base)
+    canon, _, _ = to_canonical(user, base)
     tables = L.Tables(base["sampler"]["map_constants"])
     inputs = verification_inputs(base)
     check_same_behaviour(user, to_rasp(canon, tables), inputs)  # its own canonical form: same
     other = load_program(CASES / "case12_cat_width_gt1_same_value.py")
-    other_canon, _ = to_canonical(other, base)
+    other_canon, _, _ = to_canonical(other, base)
     with pytest.raises(ProgramError, match="without changing what it computes"):
         check_same_behaviour(user, to_rasp(other_canon, tables), inputs)
 

@@ -231,8 +231,11 @@ def static_check(user: UserProgram) -> None:
 # 3. into the grammar, never changing what the program computes
 
 
-def to_canonical(user: UserProgram, params: Mapping) -> tuple[Program, dict[str, rasp.SOp]]:
-    """The canonical program of the user's and, per canonical op name, the user's expression.
+def to_canonical(user: UserProgram,
+                 params: Mapping) -> tuple[Program, dict[str, rasp.SOp], int]:
+    """The canonical program of the user's, the user's expression per canonical op name, and
+    the number of lambdas/predicates canonicalisation rewrote (to the first table entry that
+    behaves the same on the values that reach it).
 
     Raises ProgramError when the program is outside the grammar (naming the expression; a
     Map that tracr merged from two Maps is explained).
@@ -260,11 +263,11 @@ def to_canonical(user: UserProgram, params: Mapping) -> tuple[Program, dict[str,
                     "docs/zoo.md, on the values that reach it)")
         raise ProgramError(msg) from None
     names: dict[str, str] = {}
-    canon, _ = canonicalize(program, tables, z["vocab"], z["max_seq_len"], names=names)
+    canon, rewrites = canonicalize(program, tables, z["vocab"], z["max_seq_len"], names=names)
     by_canon = {}
     for old, new in names.items():
         by_canon.setdefault(new, exprs[old])
-    return canon, by_canon
+    return canon, by_canon, rewrites
 
 
 def _same(a: E.EvalResult, b: E.EvalResult) -> np.ndarray:
@@ -392,7 +395,7 @@ def largest_layer(params: Mapping, source_path: str) -> str:
     """``", its largest MLP is ..."`` (for a message), or "" when that cannot be told."""
     try:
         user = load_program(source_path)
-        program, exprs = to_canonical(user, params)
+        program, exprs, _ = to_canonical(user, params)
         s = max(layer_sizes(program, params), key=lambda s: s["hidden"])
     except Exception:  # noqa: BLE001 - only a hint for a message; never fail on it
         return ""
@@ -544,7 +547,7 @@ def compile_user_program(params: Mapping, source_path: str, keep_unverified: boo
     tables = L.Tables(params["sampler"]["map_constants"])
     user = load_program(source_path)
     static_check(user)
-    canon, exprs = to_canonical(user, params)
+    canon, exprs, rewrites = to_canonical(user, params)
     canon_expr = to_rasp(canon, tables)
     inputs = verification_inputs(params)
     check_same_behaviour(user, canon_expr, inputs)
@@ -569,7 +572,7 @@ def compile_user_program(params: Mapping, source_path: str, keep_unverified: boo
         diagnosis = diagnose(user, model, canon, exprs, check["first_mismatch"]["input"],
                              params, dynamic)
     none_fraction = check["none_positions"] / max(1, check["positions"])
-    entry = {"program": canon.to_json(), "source": render(canon, tables), "ops_rewritten": 0,
+    entry = {"program": canon.to_json(), "source": render(canon, tables), "ops_rewritten": rewrites,
              "none_fraction": none_fraction}
     result = {"model": model.metadata(), "num_layers": model.num_layers,
               "residual_width": model.residual_size, "flat": model.flat(),
