@@ -157,14 +157,26 @@ def compile_and_verify(state: dict, program_json: list) -> dict:
         raise AssertionError(f"layer allocation mismatch: tracr built {model.num_layers} layers, "
                              f"tokenizer expected {num_layers(program)}")
     t1 = time.perf_counter()
-    check = verify(model, expr, state["inputs"], params["verify"]["atol"],
-                   params["verify"]["min_compared"])
-    check["exhaustive"] = (domain_size(z["vocab"], z["max_seq_len"])
-                           <= params["verify"]["exhaustive_limit"])
+    check = verify_as_params_say(model, expr, state["inputs"], params)
+    return dict(model_record(model, check), compile_s=compile_s,
+                verify_s=time.perf_counter() - t1)
+
+
+def verify_as_params_say(model: CompiledModel, expr, inputs: list[np.ndarray],
+                         params: Mapping) -> dict:
+    """:func:`verify` with ``verify.atol`` and ``verify.min_compared``, and ``exhaustive``:
+    whether ``inputs`` (:func:`verification_inputs`) are the whole domain."""
+    z, v = params["zoo"], params["verify"]
+    check = verify(model, expr, inputs, v["atol"], v["min_compared"])
+    check["exhaustive"] = domain_size(z["vocab"], z["max_seq_len"]) <= v["exhaustive_limit"]
+    return check
+
+
+def model_record(model: CompiledModel, check: Mapping) -> dict:
+    """What a zoo row keeps of a compiled model and its verification (see :func:`pack`)."""
     return {"model": model.metadata(), "num_layers": model.num_layers,
-            "residual_width": model.residual_size, "flat": model.flat(), "layout": model.layout(),
-            "verification": check, "compile_s": compile_s,
-            "verify_s": time.perf_counter() - t1}
+            "residual_width": model.residual_size, "flat": model.flat(),
+            "layout": model.layout(), "verification": check}
 
 
 # ---------------------------------------------------------------------------

@@ -540,9 +540,8 @@ def compile_user_program(params: Mapping, source_path: str, keep_unverified: boo
     model is verified), or raises ProgramError. With ``keep_unverified`` a dynamic-check
     failure does not stop the compile (the model is then verified, fails, and is diagnosed).
     """
-    from metamodels.rasp.sampler import domain_size
     from metamodels.zoo.compiler import compile_program
-    from metamodels.zoo.stage import verification_inputs, verify
+    from metamodels.zoo.stage import model_record, verification_inputs, verify_as_params_say
     z = params["zoo"]
     tables = L.Tables(params["sampler"]["map_constants"])
     user = load_program(source_path)
@@ -563,10 +562,7 @@ def compile_user_program(params: Mapping, source_path: str, keep_unverified: boo
     except (NotImplementedError, ValueError, IndexError, KeyError) as e:
         raise ProgramError(f"{user.path}: tracr failed to compile the program: "
                            f"{type(e).__name__}: {e}") from None
-    check = verify(model, user.program, inputs, params["verify"]["atol"],
-                   params["verify"]["min_compared"])
-    check["exhaustive"] = (domain_size(z["vocab"], z["max_seq_len"])
-                           <= params["verify"]["exhaustive_limit"])
+    check = verify_as_params_say(model, user.program, inputs, params)
     diagnosis = None
     if check["first_mismatch"] is not None:
         diagnosis = diagnose(user, model, canon, exprs, check["first_mismatch"]["input"],
@@ -574,10 +570,7 @@ def compile_user_program(params: Mapping, source_path: str, keep_unverified: boo
     none_fraction = check["none_positions"] / max(1, check["positions"])
     entry = {"program": canon.to_json(), "source": render(canon, tables), "ops_rewritten": rewrites,
              "none_fraction": none_fraction}
-    result = {"model": model.metadata(), "num_layers": model.num_layers,
-              "residual_width": model.residual_size, "flat": model.flat(),
-              "layout": model.layout(), "verification": check}
-    return {"entry": entry, "result": result, "diagnosis": diagnosis, "layer_sizes": sizes,
+    return {"entry": entry, "result": model_record(model, check), "diagnosis": diagnosis, "layer_sizes": sizes,
             "ops": len(canon), "inputs_checked": check["inputs"]}
 
 
