@@ -287,7 +287,7 @@ def check_cnn_zoo(p: dict, size: dict, budget_s: float) -> dict:
     bench.warm_up(data, cfg)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = cnn.train_models(data, specs, cfg)
+    res = cnn.train_models(data, specs, cfg, backend="jax")
     train_wall = time.perf_counter() - t0
     t0 = time.perf_counter()
     # the evaluation train_models ran (its compiled function, warmed up above), on the stacked

@@ -58,6 +58,8 @@ def tiny_params() -> dict:
     p["detector"].update(split={"val": 0.2, "test": 0.3}, ood_train_attacks=["noise_blend"])
     p["detector"]["model"].update(chunk_size=64, d_model=16, layers=1, heads=2, mlp=32, steps=4,
                                   warmup_steps=1, eval_every=4, log_every=2)
+    for name in ("ulp", "mntd"):
+        p["detector"][name].update(steps=4, batch_size=4, log_every=2)
     # Modular addition on p0 = 7 with a tiny model.
     m = p["modadd"]
     m.update(runs={"clean": 1, "mod1": 2}, patching_task="mod1")

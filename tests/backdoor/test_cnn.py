@@ -61,7 +61,7 @@ def images():
 @pytest.fixture(scope="module")
 def trained(images):
     """The three tiny specs trained in groups of 2 (the second group padded)."""
-    return cnn.train_models(images, tiny_specs(), dict(TINY, vmap_group=2))
+    return cnn.train_models(images, tiny_specs(), dict(TINY, vmap_group=2), backend="jax")
 
 
 def test_default_param_count_and_layout():
@@ -199,7 +199,7 @@ def test_group_size_does_not_change_a_model(images, trained):
     (measured ~1e-6 after 4 steps), not to the bit.
     """
     specs = tiny_specs()
-    alone = cnn.train_models(images, specs, dict(TINY, vmap_group=1))
+    alone = cnn.train_models(images, specs, dict(TINY, vmap_group=1), backend="jax")
     np.testing.assert_allclose(alone["weights"], trained["weights"], rtol=0, atol=2e-5)
     np.testing.assert_allclose(alone["train_loss"], trained["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(alone["clean_acc"], trained["clean_acc"])
@@ -207,7 +207,7 @@ def test_group_size_does_not_change_a_model(images, trained):
 
 
 def test_determinism_same_bytes(images, trained):
-    again = cnn.train_models(images, tiny_specs(), dict(TINY, vmap_group=2))
+    again = cnn.train_models(images, tiny_specs(), dict(TINY, vmap_group=2), backend="jax")
     for k in ("weights", "train_loss", "clean_acc", "asr"):
         assert np.asarray(again[k]).tobytes() == np.asarray(trained[k]).tobytes(), k
 

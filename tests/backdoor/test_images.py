@@ -243,3 +243,20 @@ def test_download_refuses_to_overwrite_partial_directory(tmp_path):
     with pytest.raises(I.DatasetError, match="incomplete.*data_batch_2.bin"):
         I.download_cifar10(root, url=archive.as_uri(), md5="0" * 32)
     assert (root / I.CIFAR10_DIR / "data_batch_1.bin").read_bytes() == b"keep"
+
+
+def test_downsample_averages_blocks_and_rounds_half_up():
+    x = np.zeros((1, 5, 4, 1), np.uint8)
+    x[0, :2, :2, 0] = [[0, 1], [2, 2]]          # mean 1.25 -> 1
+    x[0, :2, 2:, 0] = [[1, 2], [2, 2]]          # mean 1.75 -> 2
+    x[0, 2:4, :2, 0] = [[0, 1], [1, 0]]         # mean 0.5 -> 1 (half up)
+    x[0, 2:4, 2:, 0] = 255
+    x[0, 4] = 99                                # odd trailing row: dropped
+    out = I.downsample(x, 2)
+    assert out.dtype == np.uint8 and out.shape == (1, 2, 2, 1)
+    assert out[0, :, :, 0].tolist() == [[1, 2], [1, 255]]
+    assert I.downsample(x, 1) is x
+    with pytest.raises(ValueError, match="images.downsample"):
+        I.downsample(x, 0)
+    with pytest.raises(ValueError, match="larger than the images"):
+        I.downsample(x, 6)

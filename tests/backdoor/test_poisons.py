@@ -164,3 +164,45 @@ def test_poison_set_and_sample_attack():
     assert np.array_equal(xp[keep], x[keep]) and np.array_equal(yp[keep], y[keep])
     assert np.array_equal(xp[idx], P.apply(x[idx], att["mask"], att["pattern"]))
     assert np.array_equal(y, np.arange(10) % 3)  # inputs untouched
+
+
+@pytest.mark.parametrize("attack", PATCHES)
+def test_trigger_scale_draws_each_pixel_as_a_block(attack):
+    """Scale s: the footprint grows s*s times, every cell is an s x s block of one value, and
+    the rng is left where scale 1 leaves it (what is drawn next does not move)."""
+    shape = (28, 28, 1)
+    r1, r2 = np.random.default_rng([5, 1]), np.random.default_rng([5, 1])
+    m1, _ = P.trigger(attack, r1, shape)
+    m2, p2 = P.trigger(attack, r2, shape, scale=2)
+    assert m2.sum() == 4 * m1.sum() == 4 * FOOTPRINT[attack]
+    ys, xs = np.nonzero(m2[..., 0])
+    y0, x0 = ys.min(), xs.min()
+    block = p2[y0:ys.max() + 1, x0:xs.max() + 1, 0]
+    assert np.array_equal(block, np.kron(block[::2, ::2], np.ones((2, 2))))
+    assert r1.integers(1 << 30) == r2.integers(1 << 30)
+    with pytest.raises(ValueError, match="positive integer"):
+        P.trigger(attack, np.random.default_rng(0), shape, scale=0)
+
+
+@pytest.mark.parametrize("attack", PATCHES)
+def test_corner_placement_puts_the_patch_in_a_corner(attack):
+    shape = (14, 14, 1)
+    corners = set()
+    for seed in range(24):
+        mask, _ = P.trigger(attack, np.random.default_rng(seed), shape, scale=2,
+                            placement="corners")
+        ys, xs = np.nonzero(mask[..., 0])
+        assert ys.min() == 0 or ys.max() == shape[0] - 1
+        assert xs.min() == 0 or xs.max() == shape[1] - 1
+        corners.add((ys.min() == 0, xs.min() == 0))
+    assert len(corners) == 4                    # all four corners are drawn
+    with pytest.raises(ValueError, match="placement 'middle'"):
+        P.trigger(attack, np.random.default_rng(0), shape, placement="middle")
+
+
+def test_sample_attack_reads_scale_and_placement():
+    shape = (14, 14, 1)
+    cfg = {"alpha": 0.1, "trigger_scale": 2, "trigger_placement": "corners"}
+    att = P.sample_attack(cfg, "pixel1", np.random.default_rng(0), shape, n_classes=10)
+    ys, xs = np.nonzero(att["mask"][..., 0])
+    assert len(ys) == 4 and (ys.min() in (0, 12)) and (xs.min() in (0, 12))

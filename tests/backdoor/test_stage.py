@@ -81,6 +81,8 @@ def test_tiny_zoo_detector_report_and_figure(tmp_path, default_params):
     p["detector"].update(split={"val": 0.2, "test": 0.3}, ood_train_attacks=["noise_blend"])
     p["detector"]["model"].update(chunk_size=64, d_model=16, layers=1, heads=2, mlp=32, steps=4,
                                   warmup_steps=1, eval_every=4, log_every=2)
+    for name in ("ulp", "mntd"):
+        p["detector"][name].update(steps=4, batch_size=4, log_every=2)
     zoo = [str(tmp_path / f"shard_{k:03d}.npz") for k in range(2)]
     for k, path in enumerate(zoo):
         B.run_zoo_shard(p, k, path)
@@ -97,8 +99,11 @@ def test_tiny_zoo_detector_report_and_figure(tmp_path, default_params):
         B.run_detect(p, zoo, setting, out, str(tmp_path / f"history_{setting}.json"))
         scores.append(out)
         sc = S.read_json(out)
-        assert len(sc["meta_model"]) == len(sc["label"]) == len(sc["baseline"])
-        assert all(0.0 <= s <= 1.0 for s in sc["meta_model"])
+        methods = B.METHODS if setting != "iid_noaug" else ("meta_model", "weight_stats")
+        assert set(sc["scores"]) == set(methods)
+        for m in methods:
+            assert len(sc["scores"][m]) == len(sc["label"])
+            assert all(0.0 <= s <= 1.0 for s in sc["scores"][m])
     iid = S.read_json(scores[0])
     assert "ood_square" in iid["attack"] and "ood_square" not in iid["train_attacks"]
 
@@ -108,6 +113,8 @@ def test_tiny_zoo_detector_report_and_figure(tmp_path, default_params):
     assert m["zoo"]["models"] == 14 and m["zoo"]["clean_models"] == 6
     by = m["settings"]["iid"]["meta_model"]["by_attack"]
     assert by["ood_square"]["ood"] and not by["noise_blend"]["ood"]
+    assert set(m["settings"]["iid"]) >= set(B.METHODS)
+    assert m["zoo"]["by_attack"]["noise_blend"]["asr"]["max"] <= 1.0
     assert 0.0 <= by["noise_blend"]["auc"] <= 1.0
     assert set(m["settings"]) == {"iid", "iid_noaug", "ood_noise_blend"}
 

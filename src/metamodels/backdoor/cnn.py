@@ -29,8 +29,11 @@ Fashion-MNIST), so ``vmap_group`` is part of the recipe like the seed.
 
 vmap turns each convolution into a grouped convolution. On a GPU that batches
 many small models into one launch; XLA:CPU runs grouped convolutions (and
-their gradients) several times slower per model than separate ones, so on a
-CPU ``vmap_group: 1`` is the fast setting (see benchmarks/cnn_zoo_throughput.py).
+their gradients) several times slower per model than separate ones, and even one
+model at a time well below PyTorch's CPU convolutions. So :func:`train_models` follows
+JAX's device discovery (:func:`backend_for_device`): the vmapped step on a GPU/TPU,
+:mod:`metamodels.backdoor.cnn_torch` (the same models in PyTorch, one at a time) on the
+CPU; benchmarks/cnn_zoo_throughput.py times both on the same models.
 """
 
 from __future__ import annotations
@@ -385,8 +388,24 @@ def _make_step(model: CNN, lr: float, wd: float):
     return tx, step
 
 
-def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = None) -> dict:
+BACKENDS = ("torch", "jax")
+
+
+def backend_for_device() -> str:
+    """The zoo's training path on this machine, by JAX's device discovery: ``torch`` (PyTorch,
+    one model at a time, :mod:`metamodels.backdoor.cnn_torch`) when JAX's default backend is
+    the CPU, ``jax`` (the vmapped step below) on a GPU/TPU."""
+    return "torch" if jax.default_backend() == "cpu" else "jax"
+
+
+def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = None,
+                 backend: str | None = None) -> dict:
     """Train one CNN per spec; returns weights, clean accuracy, ASR and losses.
+
+    `backend`: ``torch`` or ``jax``; None picks :func:`backend_for_device` (PyTorch on the CPU,
+    where it trains the same models 1.5-2x faster, benchmarks/cnn_zoo_throughput.py; JAX's
+    vmapped step on an accelerator). Both give the same record for the same specs, equal up to
+    float rounding (tests/backdoor/test_cnn_torch.py).
 
     `images` has uint8 ``train_x`` [N,H,W,C], int ``train_y`` [N], ``test_x``,
     ``test_y``. Each spec: ``seed`` (init key ``PRNGKey(seed)``; epoch e's
@@ -398,6 +417,12 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
     ``asr`` [M] (see :func:`evaluate`), ``train_loss`` float32 [M, epochs]
     (mean over each epoch's steps) and ``layout``.
     """
+    backend = backend or backend_for_device()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown CNN training backend {backend!r}; known: {list(BACKENDS)}")
+    if backend == "torch":
+        from metamodels.backdoor import cnn_torch
+        return cnn_torch.train_models(images, specs, cfg)
     s = settings(cfg)
     train_x = np.asarray(images.train_x)
     if train_x.dtype != np.uint8 or train_x.ndim != 4:

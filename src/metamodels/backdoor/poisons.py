@@ -85,13 +85,28 @@ def _bright_colour(rng: np.random.Generator, c: int) -> np.ndarray:
             return colour
 
 
+PLACEMENTS = ("anywhere", "corners")
+
+
 def trigger(attack: str, rng: np.random.Generator, shape: tuple[int, int, int],
-            alpha: float = DEFAULT_ALPHA) -> tuple[np.ndarray, np.ndarray]:
+            alpha: float = DEFAULT_ALPHA, scale: int = 1,
+            placement: str = "anywhere") -> tuple[np.ndarray, np.ndarray]:
     """The (mask, pattern) of one model's trigger, float32 [H, W, C] each, drawn from `rng`.
 
-    `alpha` is the blend weight of the blend attacks (ignored by patch attacks).
+    `alpha` is the blend weight of the blend attacks (ignored by patch attacks). `scale`
+    (patch attacks only; ``cnn_zoo.trigger_scale``) draws every pixel of a patch's footprint as
+    a ``scale x scale`` block: ``patch4`` becomes a 2x2 checker of ``scale``-pixel cells,
+    ``pixel1`` a ``scale x scale`` square (seed 000 and BadNets: 1). Every scale makes the same
+    number of draws from `rng`, so what is drawn after the trigger does not move.
+    `placement` (patch attacks; ``cnn_zoo.trigger_placement``): ``anywhere`` draws the patch's
+    top-left corner uniformly over every in-bounds position (seed 000); ``corners`` puts the
+    patch in one of the image's four corners, drawn uniformly (BadNets' bottom-right corner,
+    generalised), where a bright patch is visible on Fashion-MNIST's black background.
     """
     check_attack(attack)
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"trigger scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
     h, w, c = (int(d) for d in shape)
     if attack in BLEND_ATTACKS:
         if not 0.0 <= alpha <= 1.0:
@@ -106,19 +121,26 @@ def trigger(attack: str, rng: np.random.Generator, shape: tuple[int, int, int],
             board = ((rows[:, None] + cols[None, :]) % 2).astype(np.float32)
             pattern = np.repeat(board[:, :, None], c, axis=2)
         return mask, pattern
-    stencil = _shape_stencil(attack)
+    stencil = np.kron(_shape_stencil(attack), np.ones((scale, scale), dtype=bool))
     sh, sw = stencil.shape
     if sh > h or sw > w:
         raise ValueError(f"attack {attack!r} needs images of at least {sh}x{sw}, got {h}x{w}")
-    y0 = int(rng.integers(0, h - sh + 1))
-    x0 = int(rng.integers(0, w - sw + 1))
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown trigger placement {placement!r}; valid: {list(PLACEMENTS)}")
+    if placement == "corners":
+        y0 = int(rng.integers(0, 2)) * (h - sh)
+        x0 = int(rng.integers(0, 2)) * (w - sw)
+    else:
+        y0 = int(rng.integers(0, h - sh + 1))
+        x0 = int(rng.integers(0, w - sw + 1))
     mask = np.zeros((h, w, c), dtype=np.float32)
     mask[y0:y0 + sh, x0:x0 + sw, :] = stencil[:, :, None]
     if attack == "patch4":
         # A 2x2 checker: one diagonal in a bright colour, the other black, so the patch has
         # contrast on any background (an all-black patch is invisible on black borders).
         phase = int(rng.integers(0, 2))
-        on = ((np.arange(sh)[:, None] + np.arange(sw)[None, :] + phase) % 2).astype(np.float32)
+        cell_y, cell_x = np.arange(sh)[:, None] // scale, np.arange(sw)[None, :] // scale
+        on = ((cell_y + cell_x + phase) % 2).astype(np.float32)
         colours = on[:, :, None] * _bright_colour(rng, c)
     else:
         colours = np.broadcast_to(_bright_colour(rng, c), (sh, sw, c))
@@ -165,7 +187,11 @@ def sample_attack(cfg: Mapping, attack: str, rng: np.random.Generator,
                   shape: tuple[int, int, int], n_classes: int) -> dict:
     """Trigger and target class of one poisoned model: {mask, pattern, target}.
 
-    Reads ``cfg['alpha']`` (blend weight, default 0.1). The target is drawn after the trigger.
+    Reads ``cfg['alpha']`` (blend weight, default 0.1), ``cfg['trigger_scale']`` (patch size
+    multiplier, default 1) and ``cfg['trigger_placement']`` (default ``anywhere``); see
+    :func:`trigger`. The target is drawn after the trigger.
     """
-    mask, pattern = trigger(attack, rng, shape, float(cfg.get("alpha", DEFAULT_ALPHA)))
+    mask, pattern = trigger(attack, rng, shape, float(cfg.get("alpha", DEFAULT_ALPHA)),
+                            int(cfg.get("trigger_scale", 1)),
+                            str(cfg.get("trigger_placement", "anywhere")))
     return {"mask": mask, "pattern": pattern, "target": int(rng.integers(0, n_classes))}

@@ -2,19 +2,22 @@
 
 Three verbs, one per Snakemake rule:
 
-``cnn-zoo-shard``   (:func:`run_zoo_shard`) trains the models of one shard, all at once with
-                    ``jax.vmap`` (:mod:`metamodels.backdoor.cnn`), on the images of ``images``
+``cnn-zoo-shard``   (:func:`run_zoo_shard`) trains the models of one shard
+                    (:mod:`metamodels.backdoor.cnn`: PyTorch on the CPU, ``jax.vmap``
+                    on an accelerator), on the images of ``images``
                     (:mod:`metamodels.backdoor.images`) poisoned as ``cnn_zoo`` says
                     (:mod:`metamodels.backdoor.poisons`), and writes one zoo shard.
-``detect-backdoors`` (:func:`run_detect`) trains the detector meta-model and the
-                    weight-statistics baseline for one *setting* and scores the test models:
+``detect-backdoors`` (:func:`run_detect`) trains the detector meta-model, the
+                    weight-statistics baseline and the query-based ULP and MNTD
+                    (:mod:`metamodels.backdoor.baselines`) for one *setting* and scores the
+                    test models:
                     ``iid`` (train on clean + every training attack, with neuron-permutation
                     augmentation), ``iid_noaug`` (the same without augmentation) and
                     ``ood_<attack>`` (train on clean + that one attack; every other attack,
                     including the hand-crafted OOD patches, is out of distribution).
 ``backdoor-report`` (:func:`run_report`) turns the settings' scores into
-                    ``results/metrics/backdoor.json`` (AUC per trigger type, meta-model and
-                    baseline) and the ROC table behind figure 2.
+                    ``results/metrics/backdoor.json`` (AUC per trigger type and method) and
+                    the ROC table behind figure 2.
 
 Zoo shard format (``data/cnn_zoo/shard_KKK.npz``, written by :func:`metamodels.core.shards.save_npz`;
 numpy only, no pickle), one row per model:
@@ -101,7 +104,10 @@ def run_zoo_shard(params: Mapping, shard: int, out: str) -> None:
     attacks, specs = model_specs(zoo, shard, shape, len(data.train_x), n_classes)
     print(f"[cnn-zoo] shard {shard}: {len(specs)} models on {data.name} "
           f"({len(data.train_x)} train / {len(data.test_x)} test images of {shape}), "
-          f"{cfg['epochs']} epochs, vmap groups of {cfg['vmap_group']}", file=sys.stderr)
+          f"{cfg['epochs']} epochs, " + ("PyTorch on the CPU, one model at a time"
+                                          if cnn.backend_for_device() == "torch"
+                                          else f"JAX, vmap groups of {cfg['vmap_group']}"),
+          file=sys.stderr)
     train_specs = [{**s, "target": max(s["target"], 0)} for s in specs]
     res = cnn.train_models(data, train_specs, cfg)
     attack_arr = np.array(attacks)
@@ -147,6 +153,7 @@ def load_zoo(paths: Sequence[str], weights: bool = True) -> dict:
                          "with one params.yaml")
     zoo["layout"] = [(n, tuple(s)) for n, s in json.loads(layouts.pop())]
     zoo["attack"] = zoo["attack"].astype(str)
+    zoo["shape"] = tuple(json.loads(str(S.load_npz(paths[0], ["meta"])["meta"][0]))["shape"])
     return zoo
 
 
@@ -201,7 +208,8 @@ TIMING_KEYS = ("train_s", "examples_per_s")
 
 def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_out: str,
                history_out: str, timing_out: str | None = None) -> None:
-    """Train meta-model and baseline for one setting; write test scores and the training
+    """Train the four detectors (:data:`METHODS`; ULP and MNTD not in ``iid_noaug``) for one
+    setting on the same split; write the test models' scores and the meta-model's training
     history (JSON), and the wall-clock seconds to ``timing_out`` (JSON) when given."""
     from metamodels.backdoor import cnn
     from metamodels.backdoor import detector as D
@@ -222,39 +230,60 @@ def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_o
     tr, va, te = (split[r] for r in ROLES)
     print(f"[detect] {setting}: {len(tr)} train / {len(va)} val / {len(te)} test models",
           file=sys.stderr)
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    seconds = {}
     t0 = time.perf_counter()
-    model, history = D.train(cfg, x[tr], labels[tr], x[va], labels[va], augment=augment,
-                             log=lambda s: print(s, file=sys.stderr, flush=True))
-    meta_s = time.perf_counter() - t0
-    scores = D.predict(model, x[te])
+    model, history = D.train(cfg, x[tr], labels[tr], x[va], labels[va], augment=augment, log=log)
+    seconds["meta_model"] = time.perf_counter() - t0
+    scores = {"meta_model": D.predict(model, x[te])}
+    t0 = time.perf_counter()
     feats = D.weight_stats(x, lay)
     base = D.fit_logreg(feats[tr], labels[tr], float(det["baseline"]["l2"]),
                         int(det["baseline"]["steps"]))
-    base_scores = D.predict_logreg(base, feats[te])
+    scores["weight_stats"] = D.predict_logreg(base, feats[te])
+    seconds["weight_stats"] = time.perf_counter() - t0
+    if setting != "iid_noaug":  # the query methods see no weights: iid_noaug would repeat iid
+        from metamodels.backdoor import baselines as Q
+        for name, fit, score in (("ulp", Q.fit_ulp, Q.score_ulp),
+                                 ("mntd", Q.fit_mntd, Q.score_mntd)):
+            t0 = time.perf_counter()
+            fitted = fit(det[name], x[tr], labels[tr], lay, zoo["shape"],
+                         val=(x[va], labels[va]), log=log)
+            scores[name] = score(fitted, x[te], lay)
+            seconds[name] = time.perf_counter() - t0
+            log(f"[detect] {setting}: {name} fitted and scored in {seconds[name]:.1f}s")
     S.write_json(scores_out, {
         "setting": setting,
         "train_attacks": sorted(set(zoo["attack"][tr].tolist())),
         "model_index": zoo["model_index"][te].tolist(),
         "attack": zoo["attack"][te].tolist(),
         "label": labels[te].tolist(),
-        "meta_model": [float(s) for s in scores],
-        "baseline": [float(s) for s in base_scores],
+        "scores": {m: [float(v) for v in s] for m, s in scores.items()},
         "n": {r: int(len(split[r])) for r in ROLES},
     })
     S.write_json(history_out, {"setting": setting, "history": [
         {k: v for k, v in e.items() if k not in TIMING_KEYS} for e in history]})
     if timing_out:
-        S.write_json(timing_out, {"setting": setting, "train_s": round(meta_s, 1), "history": [
-            {k: e[k] for k in ("step", *TIMING_KEYS)} for e in history]})
+        S.write_json(timing_out, {
+            "setting": setting, "train_s": round(seconds["meta_model"], 1),
+            "seconds_by_method": {m: round(v, 1) for m, v in seconds.items()},
+            "history": [{k: e[k] for k in ("step", *TIMING_KEYS)} for e in history]})
+
+
+#: Detection methods, in the order reports and figures list them: the weight-space meta-model,
+#: the weight-statistics baseline, and seed 000's two query-based baselines (ULP, MNTD).
+METHODS = ("meta_model", "weight_stats", "ulp", "mntd")
 
 
 def _auc_table(scores: Mapping) -> dict:
-    """Per-attack AUC and accuracy of the meta-model and the baseline on one setting's test."""
+    """Per-attack AUC and accuracy of every method on one setting's test models."""
     from metamodels.backdoor import detector as D
     train_attacks = set(scores["train_attacks"])
     out = {}
-    for method in ("meta_model", "baseline"):
-        res = D.evaluate_by_attack(scores[method], scores["label"], scores["attack"])
+    for method, values in scores["scores"].items():
+        res = D.evaluate_by_attack(values, scores["label"], scores["attack"])
         out[method] = {
             "overall_auc": res["overall"]["auc"], "overall_accuracy": res["overall"]["accuracy"],
             "by_attack": {a: {"auc": r["auc"], "accuracy": r["accuracy"],
@@ -274,8 +303,8 @@ def run_report(params: Mapping, score_paths: Sequence[str], zoo_paths: Sequence[
         sc = S.read_json(path)
         settings[sc["setting"]] = {**_auc_table(sc), "n_models": sc["n"]}
         train_attacks = set(sc["train_attacks"])
-        for method in ("meta_model", "baseline"):
-            s, y = np.asarray(sc[method]), np.asarray(sc["label"], bool)
+        for method, values in sc["scores"].items():
+            s, y = np.asarray(values), np.asarray(sc["label"], bool)
             a = np.asarray(sc["attack"])
             for name in sorted(set(a[y].tolist())):
                 m = ~y | (a == name)
@@ -298,7 +327,10 @@ def run_report(params: Mapping, score_paths: Sequence[str], zoo_paths: Sequence[
         "by_attack": {a: {"models": int((attacks == a).sum()),
                           "poisoned": int(zoo["poisoned"][attacks == a].sum()),
                           "asr_median": _median(zoo["asr"][attacks == a]),
-                          "clean_acc_median": _median(zoo["clean_acc"][attacks == a])}
+                          "asr": _quantiles(zoo["asr"][attacks == a]),
+                          "clean_acc_median": _median(zoo["clean_acc"][attacks == a]),
+                          "clean_acc_minus_clean_models": _gap(zoo["clean_acc"][attacks == a],
+                                                               zoo["clean_acc"][~poisoned_try])}
                       for a in sorted(set(attacks.tolist()))},
     }
     S.write_json(metrics_out, {"zoo": zoo_summary, "settings": settings})
@@ -317,6 +349,12 @@ def _quantiles(x: np.ndarray) -> dict:
         return {}
     q = np.quantile(x, [0.0, 0.1, 0.5, 0.9, 1.0])
     return dict(zip(("min", "p10", "median", "p90", "max"), (round(float(v), 4) for v in q)))
+
+
+def _gap(x: np.ndarray, reference: np.ndarray) -> float | None:
+    """Median of `x` minus the median of `reference` (clean accuracy points lost to a poison)."""
+    a, b = _median(x), _median(reference)
+    return None if a is None or b is None else round(a - b, 4)
 
 
 def _median(x: np.ndarray) -> float | None:

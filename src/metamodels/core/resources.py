@@ -162,6 +162,15 @@ def train_images(p: Mapping) -> int:
     return p["images"]["train_limit"] or full
 
 
+def cnn_macs(p: Mapping) -> int:
+    """Multiply-adds of the CNN's convolutions per image (each block halves H and W)."""
+    _, _, h, wd, ch = IMAGES[p["images"]["dataset"]]
+    f = p["images"].get("downsample", 1)
+    h, wd = h // f, wd // f
+    ch_ = [ch, *p["cnn_zoo"]["cnn"]["channels"]]
+    return sum((h >> k) * (wd >> k) * a * b for k, (a, b) in enumerate(zip(ch_, ch_[1:])))
+
+
 def image_mb(p: Mapping) -> float:
     n_train, n_test, h, w, ch = IMAGES[p["images"]["dataset"]]
     n = (p["images"]["train_limit"] or n_train) + (p["images"]["test_limit"] or n_test)
@@ -293,11 +302,8 @@ def job_resources(rule: str, p: Mapping, wildcards: Mapping[str, str] | None = N
         secs = rows * 0.0005
     elif rule == "cnn_zoo_shard":
         c = p["cnn_zoo"]
-        n_train, _, h, wd, ch = IMAGES[p["images"]["dataset"]]
-        ch_ = [ch, *c["cnn"]["channels"]]
-        macs = sum((h >> k) * (wd >> k) * a * b for k, (a, b) in enumerate(zip(ch_, ch_[1:])))
         secs = (sum(c["models_per_shard"].values()) * c["cnn"]["epochs"] * train_images(p)
-                * CNN_IMAGE_S * macs / REF_CNN_CONV_MACS / (GPU_SPEEDUP if gpu else 1))
+                * CNN_IMAGE_S * cnn_macs(p) / REF_CNN_CONV_MACS / (GPU_SPEEDUP if gpu else 1))
         mem = image_mb(p) * 2 + sum(c["models_per_shard"].values()) * cnn_params(p) * 4 * 8 / 1e6
     elif rule == "detect_backdoors":
         m = p["detector"]["model"]
@@ -309,6 +315,12 @@ def job_resources(rule: str, p: Mapping, wildcards: Mapping[str, str] | None = N
         flops += 2 * n_par * tokens * cnns(p) * (m["steps"] // max(1, m["eval_every"]) + 1)
         secs = 1.25 * flops / (GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * threads)
         secs += p["detector"]["baseline"]["steps"] * cnns(p) * 1e-4
+        # ULP and MNTD: every step runs `batch_size` base models forward and backward (to the
+        # inputs) on their patterns/queries, about a training image's cost each
+        queries = sum(p["detector"][k]["steps"] * p["detector"][k]["batch_size"]
+                      * p["detector"][k]["patterns" if k == "ulp" else "queries"]
+                      for k in ("ulp", "mntd"))
+        secs += queries * CNN_IMAGE_S * cnn_macs(p) / REF_CNN_CONV_MACS
         mem = cnns(p) * cnn_params(p) * 4 * 3 / 1e6
     elif rule == "train_modadd":
         m = p["modadd"]
