@@ -5,8 +5,8 @@
 
 Trains ``--per-attack`` models of every attack (clean, the training attacks and the OOD
 patches) on Fashion-MNIST (``--test-limit`` test images) with seed 000's CNN and the given
-recipe, through :func:`metamodels.backdoor.cnn.train_models` (the machine's path: PyTorch on
-the CPU), and prints one JSON line: seconds per CNN, and per attack the median clean accuracy
+recipe, through :func:`metamodels.backdoor.cnn.train_models` (on the CPU, ``--cpu-path``),
+and prints one JSON line: seconds per CNN, and per attack the median clean accuracy
 and every model's attack success rate. docs/backdoor.md ("Choosing the CPU recipe") tabulates
 the runs behind params.yaml's defaults.
 """
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--placement", default="corners", choices=poisons.PLACEMENTS)
     ap.add_argument("--per-attack", type=int, default=3)
+    ap.add_argument("--cpu-path", default="jax", choices=cnn.BACKENDS)
     args = ap.parse_args()
     data = images.load_images({"dataset": "fashion_mnist", "train_limit": args.train_limit,
                                "test_limit": args.test_limit, "downsample": args.downsample})
@@ -55,10 +56,11 @@ def main() -> None:
                 spec["poison_idx"] = poisons.poison_indices(n, args.poison_rate, rng)
             specs.append({**spec, "seed": seed})
             names.append(attack)
-    cfg = cnn.settings({"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr})
+    cfg = cnn.settings({"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                        "cpu_path": args.cpu_path})
     t0 = time.perf_counter()
     res = cnn.train_models(data, specs, cfg)
-    out = {"recipe": vars(args), "image_shape": list(shape), "backend": cnn.backend_for_device(),
+    out = {"recipe": vars(args), "image_shape": list(shape), "backend": cnn.backend_for(cfg),
            "s_per_cnn": round((time.perf_counter() - t0) / len(specs), 2)}
     names = np.array(names)
     for attack in kinds:

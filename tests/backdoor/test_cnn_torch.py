@@ -90,6 +90,11 @@ def test_same_bytes_twice(both):
 
 def test_backend_by_device_and_unknown_backend(both):
     data, _ = both
-    assert cnn.backend_for_device() == ("torch" if jax.default_backend() == "cpu" else "jax")
+    on_cpu = jax.default_backend() == "cpu"
+    assert cnn.backend_for({"cpu_path": "torch"}) == ("torch" if on_cpu else "jax")
+    assert cnn.backend_for(None) == "jax"
+    if on_cpu:
+        with pytest.raises(ValueError, match="cpu_path must be one of"):
+            cnn.backend_for({"cpu_path": "tf"})
     with pytest.raises(ValueError, match="unknown CNN training backend 'tf'"):
         cnn.train_models(data, tiny_specs(), TINY, backend="tf")

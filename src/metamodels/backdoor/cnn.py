@@ -29,11 +29,11 @@ Fashion-MNIST), so ``vmap_group`` is part of the recipe like the seed.
 
 vmap turns each convolution into a grouped convolution. On a GPU that batches
 many small models into one launch; XLA:CPU runs grouped convolutions (and
-their gradients) several times slower per model than separate ones, and even one
-model at a time well below PyTorch's CPU convolutions. So :func:`train_models` follows
-JAX's device discovery (:func:`backend_for_device`): the vmapped step on a GPU/TPU,
-:mod:`metamodels.backdoor.cnn_torch` (the same models in PyTorch, one at a time) on the
-CPU; benchmarks/cnn_zoo_throughput.py times both on the same models.
+their gradients) several times slower per model than separate ones, so on the CPU
+``vmap_group: 1`` is the fast setting. :func:`train_models` follows JAX's device discovery
+(:func:`backend_for`): the vmapped step on a GPU/TPU; on the CPU this module one model at a
+time, or :mod:`metamodels.backdoor.cnn_torch` (the same models in PyTorch) when
+``cpu_path: torch``. benchmarks/cnn_zoo_throughput.py times both on the same models.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "epochs": 2,
     "vmap_group": 1,           # models per vmapped step: 1 on a CPU (fastest), 8-64 on a GPU
+    "cpu_path": "jax",         # on the CPU: jax (this module) or torch (cnn_torch.py)
     "eval_batch_size": 500,    # test images per evaluation step
 }
 
@@ -388,24 +389,30 @@ def _make_step(model: CNN, lr: float, wd: float):
     return tx, step
 
 
-BACKENDS = ("torch", "jax")
+BACKENDS = ("jax", "torch")
 
 
-def backend_for_device() -> str:
-    """The zoo's training path on this machine, by JAX's device discovery: ``torch`` (PyTorch,
-    one model at a time, :mod:`metamodels.backdoor.cnn_torch`) when JAX's default backend is
-    the CPU, ``jax`` (the vmapped step below) on a GPU/TPU."""
-    return "torch" if jax.default_backend() == "cpu" else "jax"
+def backend_for(cfg: Mapping | None = None) -> str:
+    """The zoo's training path on this machine: ``jax`` (the vmapped step below) when JAX's
+    device discovery finds an accelerator; on the CPU ``cfg["cpu_path"]``: ``jax`` (the same
+    step, ``vmap_group`` models at a time) or ``torch`` (:mod:`metamodels.backdoor.cnn_torch`,
+    one model at a time). Which is faster depends on the image size
+    (benchmarks/cnn_zoo_throughput.py): PyTorch 1.2x at 28x28, JAX 1.15x at 14x14."""
+    if jax.default_backend() != "cpu":
+        return "jax"
+    path = settings(cfg)["cpu_path"]
+    if path not in BACKENDS:
+        raise ValueError(f"cnn_zoo.cnn.cpu_path must be one of {list(BACKENDS)}, got {path!r}")
+    return path
 
 
 def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = None,
                  backend: str | None = None) -> dict:
     """Train one CNN per spec; returns weights, clean accuracy, ASR and losses.
 
-    `backend`: ``torch`` or ``jax``; None picks :func:`backend_for_device` (PyTorch on the CPU,
-    where it trains the same models 1.5-2x faster, benchmarks/cnn_zoo_throughput.py; JAX's
-    vmapped step on an accelerator). Both give the same record for the same specs, equal up to
-    float rounding (tests/backdoor/test_cnn_torch.py).
+    `backend`: ``jax`` or ``torch``; None picks :func:`backend_for` (`cfg`). Both give the
+    same record for the same specs, equal up to float rounding
+    (tests/backdoor/test_cnn_torch.py).
 
     `images` has uint8 ``train_x`` [N,H,W,C], int ``train_y`` [N], ``test_x``,
     ``test_y``. Each spec: ``seed`` (init key ``PRNGKey(seed)``; epoch e's
@@ -417,7 +424,7 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
     ``asr`` [M] (see :func:`evaluate`), ``train_loss`` float32 [M, epochs]
     (mean over each epoch's steps) and ``layout``.
     """
-    backend = backend or backend_for_device()
+    backend = backend or backend_for(cfg)
     if backend not in BACKENDS:
         raise ValueError(f"unknown CNN training backend {backend!r}; known: {list(BACKENDS)}")
     if backend == "torch":

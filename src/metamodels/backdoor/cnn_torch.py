@@ -3,9 +3,11 @@
 Why a second implementation: XLA:CPU runs these small convolutions (and their gradients)
 several times below the machine's matmul rate, and vmapping models makes it slower still
 (``benchmarks/cnn_zoo_throughput.py`` measures both against this path). PyTorch's CPU
-convolutions (oneDNN) are not. :func:`metamodels.backdoor.cnn.train_models` calls
-:func:`train_models` when JAX's default backend is the CPU and keeps the vmapped JAX step on a
-GPU/TPU; both return the same record, and the zoo's file format does not depend on the path.
+convolutions (oneDNN) run close to the machine's matmul rate, but PyTorch's eager overhead per
+op is larger, so which path wins depends on the image size (28x28: PyTorch 1.2x; 14x14: JAX
+1.15x). :func:`metamodels.backdoor.cnn.train_models` calls :func:`train_models` on the CPU when
+``cnn_zoo.cnn.cpu_path`` is ``torch`` and keeps the vmapped JAX step on a GPU/TPU; both return
+the same record, and the zoo's file format does not depend on the path.
 
 What is the same as the JAX path, so a model means one thing whatever trains it:
   * initial weights: :func:`metamodels.backdoor.cnn.init_params` (JAX) with the model's seed,
@@ -14,8 +16,8 @@ What is the same as the JAX path, so a model means one thing whatever trains it:
     (``x * (1 - mask) + mask * pattern`` on pixels / 255) and relabelling;
   * the network (seed 000 App. A, see :mod:`.cnn`): 3x3 SAME convolutions, LayerNorm over the
     channels with Flax's epsilon 1e-6, ReLU, 2x2 max-pool, global max over H and W, Dense;
-  * AdamW with optax's defaults (b1 0.9, b2 0.999, eps 1e-8, decoupled weight decay on every
-    parameter) and softmax cross-entropy averaged over the batch.
+  * AdamW (PyTorch's fused CPU kernel) with optax's defaults (b1 0.9, b2 0.999, eps 1e-8,
+    decoupled weight decay on every parameter) and softmax cross-entropy averaged over the batch.
 It differs only in floating-point rounding (another summation order), which training amplifies
 like the JAX path's own ``vmap_group`` does; ``tests/backdoor/test_cnn_torch.py`` bounds the
 difference after a few steps. The path is deterministic: PyTorch runs with the job's thread
@@ -88,7 +90,8 @@ def _layer_norm(x, weight, bias):
     """LayerNorm over the channel axis of NCHW `x` (Flax's: per pixel, over C).
 
     PyTorch's fused ``layer_norm`` on an NHWC view: twice as fast over a whole training step as
-    a ``var_mean`` over the strided channel axis (measured: 30 vs 61 ms per step of 32 images).
+    a ``var_mean`` over the strided channel axis (measured: 30 vs 61 ms per step of 32 28x28
+    images).
     """
     F = _torch().nn.functional
     y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, LN_EPS)
@@ -139,7 +142,7 @@ def train_one(images: Any, spec: Mapping, cfg: Mapping, init: Mapping,
     seed = int(arrays["seed"][0])
     tensors = to_torch_params(init)
     opt = torch.optim.AdamW(list(tensors.values()), lr=float(cfg["lr"]), betas=(0.9, 0.999),
-                            eps=1e-8, weight_decay=float(cfg["wd"]), foreach=False)
+                            eps=1e-8, weight_decay=float(cfg["wd"]), fused=True)
     epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
     losses = np.zeros(epochs, np.float32)
     done = 0

@@ -3,8 +3,8 @@
 Three verbs, one per Snakemake rule:
 
 ``cnn-zoo-shard``   (:func:`run_zoo_shard`) trains the models of one shard
-                    (:mod:`metamodels.backdoor.cnn`: PyTorch on the CPU, ``jax.vmap``
-                    on an accelerator), on the images of ``images``
+                    (:mod:`metamodels.backdoor.cnn`: ``jax.vmap`` groups, or PyTorch on
+                    the CPU when ``cnn_zoo.cnn.cpu_path`` says so), on the images of ``images``
                     (:mod:`metamodels.backdoor.images`) poisoned as ``cnn_zoo`` says
                     (:mod:`metamodels.backdoor.poisons`), and writes one zoo shard.
 ``detect-backdoors`` (:func:`run_detect`) trains the detector meta-model, the
@@ -104,8 +104,8 @@ def run_zoo_shard(params: Mapping, shard: int, out: str) -> None:
     attacks, specs = model_specs(zoo, shard, shape, len(data.train_x), n_classes)
     print(f"[cnn-zoo] shard {shard}: {len(specs)} models on {data.name} "
           f"({len(data.train_x)} train / {len(data.test_x)} test images of {shape}), "
-          f"{cfg['epochs']} epochs, " + ("PyTorch on the CPU, one model at a time"
-                                          if cnn.backend_for_device() == "torch"
+          f"{cfg['epochs']} epochs, " + ("PyTorch, one model at a time"
+                                          if cnn.backend_for(cfg) == "torch"
                                           else f"JAX, vmap groups of {cfg['vmap_group']}"),
           file=sys.stderr)
     train_specs = [{**s, "target": max(s["target"], 0)} for s in specs]
