@@ -8,8 +8,8 @@ recipe of ``--params`` (images, cnn_zoo: train/test subset, epochs, batch size, 
 trigger scale), half clean and half patch4-poisoned, differing only in ``backend``:
 ``torch`` (the zoo's CPU path) vs ``jax`` with ``vmap_group`` 1 (the CPU path before it).
 ``--group G`` adds the JAX vmapped step with G models per step (the accelerator path) as a
-third side. Evaluation on the test subset is included; compilation is not (each JAX side
-trains one throw-away model first; the PyTorch side has nothing to compile). Prints one JSON
+third side. Evaluation on the test subset is included; compilation is not (:func:`warm_up`
+compiles each JAX side's step and evaluation first; the PyTorch side has nothing to compile). Prints one JSON
 line: CNNs per CPU-core-hour (``--threads`` cores) of each side and the ratio, and how far the
 two paths' models are apart (weights, clean accuracy).
 
@@ -54,11 +54,34 @@ def make_specs(n_models: int, n_train: int, shape: tuple[int, ...], zoo: dict) -
     return specs
 
 
+def warm_up(data, cfg: dict) -> None:
+    """Compile the JAX step and evaluation for cfg's group size on these image shapes (no
+    training; benchmarks/gpu_check.py times it as the compile cost)."""
+    import jax
+    import jax.numpy as jnp
+
+    from metamodels.backdoor import cnn
+    g = int(cfg["vmap_group"])
+    model = cnn.make_model(cfg)
+    shape = tuple(data.train_x.shape[1:])
+    tx, step = cnn._make_step(model, float(cfg["lr"]), float(cfg["wd"]))
+    init = cnn._init_fn(shape, model.channels, model.classes)
+    params = cnn._stack([init(jax.random.PRNGKey(i)) for i in range(g)])
+    opt_state = jax.vmap(tx.init)(params)
+    n = len(data.train_x)
+    zeros = jnp.zeros((g, *shape), jnp.float32)
+    out = step(params, opt_state, jnp.asarray(data.train_x), jnp.asarray(data.train_y, jnp.int32),
+               jnp.zeros((g, int(cfg["batch_size"])), jnp.int32), jnp.zeros((g, n), bool),
+               zeros, zeros, jnp.zeros(g, jnp.int32))
+    jax.block_until_ready(out)
+    spec = {"seed": 0, "mask": np.zeros(shape, np.float32), "poison_idx": []}
+    cnn.evaluate(params, data, [spec] * g, cfg)
+
+
 def timed(data, specs: list[dict], cfg: dict, backend: str) -> tuple[float, dict]:
     from metamodels.backdoor import cnn
     if backend == "jax":  # compile the step and the evaluation outside the timed part
-        cnn.train_models(data, specs[:1] * int(cfg["vmap_group"]), dict(cfg, epochs=1),
-                         backend="jax")
+        warm_up(data, cfg)
     t0 = time.perf_counter()
     res = cnn.train_models(data, specs, cfg, backend=backend)
     return time.perf_counter() - t0, res

@@ -281,7 +281,7 @@ def check_cnn_zoo(p: dict, size: dict, budget_s: float) -> dict:
                   test_x=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
                   test_y=rng.integers(0, 10, n_test).astype(np.int64),
                   name="synthetic_cifar10_shape", classes=[str(i) for i in range(10)])
-    specs = bench.make_specs(g, n_train, shape)
+    specs = bench.make_specs(g, n_train, shape, p["cnn_zoo"])
     cfg = dict(recipe, epochs=1)  # one epoch of `steps` steps; the recipe's count is scaled
     t0 = time.perf_counter()
     bench.warm_up(data, cfg)

@@ -25,8 +25,9 @@ METHOD_NAMES = {"meta_model": "meta-model (weights)", "weight_stats": "weight st
 
 
 def figure2(metrics_path: str, roc_path: str, out: str) -> None:
-    """Seed 000 Fig. 2: the meta-model's ROC per trigger type (left); AUC per trigger and
-    setting for the meta-model, the weight-statistics baseline, ULP and MNTD (right).
+    """Seed 000 Fig. 2: each method's ROC per trigger type in the ``iid`` setting (top row:
+    the meta-model, the weight-statistics baseline, ULP and MNTD); AUC per trigger, setting and
+    method (bottom).
 
     In-distribution triggers come from the ``iid`` setting (detectors trained on every
     training attack); each hand-crafted OOD patch and, for every ``ood_<a>`` setting, the
@@ -51,20 +52,25 @@ def figure2(metrics_path: str, roc_path: str, out: str) -> None:
             bars.append((f"{attack}{ood}{tag}", setting, attack, bool(by[attack]["ood"])))
     methods = [m for m in METHODS if any(m in settings[s] for s in settings)]
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.6),
-                                      gridspec_kw={"width_ratios": [1, 2]})
-    for label, setting, attack, ood in bars:
-        key = (setting, "meta_model", attack)
-        if setting == "iid" and key in curves:
-            auc = settings[setting]["meta_model"]["by_attack"][attack]["auc"]
-            left.plot(*curves[key], label=f"{label} (AUC {auc:.2f})", ls="--" if ood else "-")
-    left.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    left.set_xlabel("false positive rate")
-    left.set_ylabel("true positive rate")
-    left.set_title("Meta-model ROC per trigger (trained on all training attacks)", fontsize=10)
-    left.legend(fontsize=7.5, loc="lower right")
-    left.grid(alpha=0.3)
+    fig = plt.figure(figsize=(16, 10))
+    grid = fig.add_gridspec(2, len(methods), height_ratios=[1, 1.25], hspace=0.55, wspace=0.25)
+    for k, method in enumerate(methods):
+        ax = fig.add_subplot(grid[0, k])
+        table = settings["iid"].get(method, {"by_attack": {}})["by_attack"]
+        for label, setting, attack, ood in bars:
+            key = (setting, method, attack)
+            if setting == "iid" and key in curves and attack in table:
+                ax.plot(*curves[key], label=f"{label} ({table[attack]['auc']:.2f})",
+                        ls="--" if ood else "-", lw=1.2)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("false positive rate")
+        if k == 0:
+            ax.set_ylabel("true positive rate")
+        ax.set_title(f"{METHOD_NAMES.get(method, method)}: ROC per trigger (iid)", fontsize=10)
+        ax.legend(fontsize=6.5, loc="lower right", title="trigger (AUC)", title_fontsize=7)
+        ax.grid(alpha=0.3)
 
+    right = fig.add_subplot(grid[1, :])
     w = 0.8 / max(len(methods), 1)
     for k, method in enumerate(methods):
         xs, vals, hatches = [], [], []
@@ -78,12 +84,14 @@ def figure2(metrics_path: str, roc_path: str, out: str) -> None:
         for patch, hatch in zip(drawn, hatches):
             patch.set_hatch(hatch)
     right.axhline(0.5, color="grey", lw=0.8, ls=":")
-    right.set_xticks(list(range(len(bars))), [b[0] for b in bars], rotation=55, ha="right",
+    right.set_xticks(list(range(len(bars))), [b[0] for b in bars], rotation=50, ha="right",
                      fontsize=8)
     right.set_ylabel("test AUC (clean vs poisoned)")
     right.set_ylim(0, 1.02)
-    right.set_title("AUC per trigger and method (hatched: OOD trigger)", fontsize=10)
-    right.legend(loc="lower left", fontsize=8, ncol=len(methods))
+    right.set_title("AUC per trigger, setting and method (hatched: OOD trigger; dotted: chance)",
+                    fontsize=10)
+    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.06), fontsize=9, ncol=len(methods),
+                 frameon=False)
     right.grid(axis="y", alpha=0.3)
     z = metrics["zoo"]
     fig.text(0.5, 0.005,
@@ -91,5 +99,5 @@ def figure2(metrics_path: str, roc_path: str, out: str) -> None:
              f"{z['poison_attempts']} poisoned with ASR >= {z['asr_threshold']}); median clean "
              f"accuracy {z['clean_acc'].get('median', float('nan')):.3f}",
              ha="center", va="bottom", fontsize=9)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.96, bottom=0.21)
     save_pdf(fig, out)
