@@ -191,21 +191,18 @@ def evaluate_one(tensors: Mapping[str, Any], images: Any, mask: np.ndarray, patt
     return correct / n, asr
 
 
-def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = None,
-                 threads: int | None = None) -> dict:
+def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = None) -> dict:
     """:func:`metamodels.backdoor.cnn.train_models` on the CPU with PyTorch, one model at a time.
 
     Same arguments and record (``weights`` [M, P], ``clean_acc``, ``asr``, ``train_loss``
-    [M, epochs], ``layout``). `threads`: PyTorch's intra-op threads; None keeps PyTorch's
-    own count, which follows ``OMP_NUM_THREADS`` (set from params ``threads`` by
-    :func:`metamodels.core.threads.limit` for every verb).
+    [M, epochs], ``layout``). PyTorch keeps its own intra-op thread count, which follows
+    ``OMP_NUM_THREADS`` (set from params ``threads`` by :func:`metamodels.core.threads.limit`
+    for every verb).
     """
     import jax
 
     from metamodels.backdoor import cnn
     torch = _torch()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True)
     s = cnn.settings(cfg)
     train_x = np.asarray(images.train_x)
@@ -226,12 +223,9 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
         start = jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(int(spec["seed"]))))
         params, losses[i] = train_one(images, spec, s, start)
         weights[i] = cnn.flatten(params)
-        mask = np.asarray(spec.get("mask") if spec.get("mask") is not None
-                          else np.zeros(shape), np.float32)
-        pattern = np.asarray(spec.get("pattern") if spec.get("pattern") is not None
-                             else np.zeros(shape), np.float32)
-        clean_acc[i], asr[i] = evaluate_one(to_torch_params(params), images, mask, pattern,
-                                            int(spec.get("target", 0)),
+        trig = cnn._spec_arrays([{**spec, "poison_idx": []}], shape, 1)
+        clean_acc[i], asr[i] = evaluate_one(to_torch_params(params), images, trig["mask"][0],
+                                            trig["pattern"][0], int(trig["target"][0]),
                                             int(s["eval_batch_size"]))
         print(f"[cnn] {i + 1}/{m} models, {time.perf_counter() - t0:.1f}s", file=sys.stderr,
               flush=True)
