@@ -9,6 +9,8 @@
 #
 #   cnn_zoo_shard (per shard) ─> detect_backdoors (per setting) ─> backdoor_report ─> figure2
 #
+#   hparam_zoo_shard (per shard) ─> predict_hparam (per hyperparameter) ─> hparam_report ─> figure4
+#
 #   train_modadd (per task) ─> analyse_modadd ─> figure_backdoor_heads
 #
 # Each rule calls one verb of `python -m metamodels`; the logic lives in
@@ -23,6 +25,7 @@ include: "rules/zoo.smk"
 include: "rules/decompiler.smk"
 include: "rules/variants.smk"
 include: "rules/backdoor.smk"
+include: "rules/hparams.smk"
 include: "rules/modadd.smk"
 
 
@@ -46,6 +49,12 @@ rule backdoors:  # seed 000: CNN zoo, backdoor detection, figure 2
         "results/metrics/backdoor.json",
 
 
+rule hparams:  # seed 000 §3.2: training hyperparameters from weights, figure 4
+    input:
+        "results/figure4.pdf",
+        "results/metrics/hparams.json",
+
+
 rule modadd:  # seed 002: modular-addition backdoor heads
     input:
         "results/backdoor_heads.pdf",
@@ -58,4 +67,5 @@ rule everything:  # every paper's results (what dvc.yaml versions)
         rules.all.input,
         rules.variants.input,
         rules.backdoors.input,
+        rules.hparams.input,
         rules.modadd.input,

@@ -29,6 +29,8 @@ wildcard_constraints:
     shard=r"\d{5}",
     split="train|val|test",
     cnn_shard=r"\d{3}",
+    hparam_shard=r"\d{3}",
+    target=r"[a-z_]+",
     setting=r"iid|iid_noaug|ood_\w+",
     task=r"clean|mod\d+",
     variant="standard|orthogonal|pca|compressed|natural",
@@ -86,6 +88,24 @@ DETECTION_SETTINGS = detection_settings(config["detector"])
 
 def cnn_zoo_shards():
     return [f"data/cnn_zoo/shard_{k}.npz" for k in CNN_ZOO_SHARDS]
+
+
+HPARAM_ZOO_SHARDS = [f"{k:03d}" for k in range(config["hparam_zoo"]["shards"])]
+HPARAM_TARGETS = config["hparams"]["targets"]
+
+
+def hparam_zoo_shards():
+    return [f"data/hparam_zoo/shard_{k}.npz" for k in HPARAM_ZOO_SHARDS]
+
+
+def hparam_images_exist(wildcards):
+    """No input files: raises ParamsError naming images.fashion_mnist_root while the DAG is
+    built when hparam_zoo.choices.dataset lists fashion_mnist and its files are missing."""
+    if "fashion_mnist" in config["hparam_zoo"]["choices"]["dataset"]:
+        params_schema.check_input_paths(
+            config, "params (params.yaml + --config/--configfile)", dataset="fashion_mnist",
+            needed_by="hparam_zoo.choices.dataset")
+    return []
 
 
 MODADD_TASKS = list(config["modadd"]["runs"])

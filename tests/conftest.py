@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 from metamodels.core import config
+from metamodels.core import jaxcache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One JAX compilation cache for the whole session (every pytest-xdist worker and every pipeline
+# the tests start inherit it), empty at the start: the suite's time does not depend on what an
+# earlier run left in ~/.cache, and it leaves nothing there.
+if jaxcache.ENV not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="metamodels-jax-cache-")
+    os.environ[jaxcache.ENV] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

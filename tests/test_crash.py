@@ -90,6 +90,10 @@ KILL_AT_FRACTION = 0.5
 KILL_MIN_CPU_S = 2.5
 RUN_TIMEOUT_S = 300
 COMMAND = ["everything", "--cores", "2"]
+# The killed runs compile everything themselves (no JAX compilation cache): with the session's
+# cache, a job would load what `built` compiled, use less CPU than `built`'s did, and could end
+# before reaching its kill point.
+KILL_ENV = dict(ENV, METAMODELS_JAX_CACHE="off")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -180,8 +184,8 @@ def _run_until_kill(ws: pathlib.Path, args: list[str], pending: dict[Job, float]
     """Run `snakemake ARGS` in a session of its own; SIGKILL its process group as soon as the
     process of one of the `pending` jobs has used its CPU-seconds (the dict's values)."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(BIN / "snakemake"), *args], cwd=ws, env=ENV, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([str(BIN / "snakemake"), *args], cwd=ws, env=KILL_ENV,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     pgid, deadline, kill = proc.pid, time.monotonic() + RUN_TIMEOUT_S, None
     try:
         while kill is None:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 beside_built = pytest.mark.xdist_group("static")
 
 
-TARGET_RULES = ("all", "everything", "backdoors", "modadd")
+TARGET_RULES = ("all", "everything", "backdoors", "hparams", "modadd")
 
 
 def planned_jobs(cwd, target: str = "everything") -> dict[str, int]:
@@ -111,7 +111,8 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dat
      {**DECOMPILER, **VARIANT_DECOMPILERS}),
     # a rule's thread count is one of its params: its jobs rerun, the others stay
     (lambda p: p["threads"].update(cnn_zoo=2),
-     {"cnn_zoo_shard": 2, "detect_backdoors": 3, "backdoor_report": 1, "figure2": 1}),
+     {"cnn_zoo_shard": 2, "detect_backdoors": 3, "backdoor_report": 1, "figure2": 1,
+      "hparam_zoo_shard": 2, "predict_hparam": 2, "hparam_report": 1, "figure4": 1}),
     (lambda p: p["decompiler"]["evaluate"].update(beam=2),
      {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
       "variants_report": 1, "figure_variants": 1}),
@@ -122,6 +123,10 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dat
      {"detect_backdoors": 3, "backdoor_report": 1, "figure2": 1}),
     (lambda p: p["cnn_zoo"].update(asr_threshold=0.1),
      {"cnn_zoo_shard": 2, "detect_backdoors": 3, "backdoor_report": 1, "figure2": 1}),
+    (lambda p: p["hparams"]["segment_cnn"].update(steps=5),
+     {"predict_hparam": 2, "hparam_report": 1, "figure4": 1}),
+    (lambda p: p["hparam_zoo"].update(noise_std=0.2),
+     {"hparam_zoo_shard": 2, "predict_hparam": 2, "hparam_report": 1, "figure4": 1}),
     (lambda p: p["modadd"]["runs"].update(mod1=3),       # the clean task is not retrained
      {"train_modadd": 1, "analyse_modadd": 1, "figure_backdoor_heads": 1}),
 ])

@@ -23,8 +23,9 @@ from tests.tiny import ROOT, snakemake, tiny_params
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 FIGURES = ("results/figure3.pdf", "results/figure2.pdf", "results/figure_variants.pdf",
-           "results/backdoor_heads.pdf")
-CATEGORIES = {"Decompiler", "Variants", "Backdoor detection", "Modular addition"}
+           "results/backdoor_heads.pdf", "results/figure4.pdf")
+CATEGORIES = {"Decompiler", "Variants", "Backdoor detection", "Hyperparameter prediction",
+              "Modular addition"}
 WORKFLOW_RST = "report/workflow.rst"
 DIRECTIVE = f'report: "{WORKFLOW_RST}"'
 

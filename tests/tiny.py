@@ -60,6 +60,20 @@ def tiny_params() -> dict:
                                   warmup_steps=1, eval_every=4, log_every=2)
     for name in ("ulp", "mntd"):
         p["detector"][name].update(steps=4, batch_size=4, log_every=2)
+    # Hyperparameter zoo: scikit-learn's digits at their own 8x8, one architecture, two
+    # targets; two optimizers x one batch size = two compiled steps per shard.
+    hz = p["hparam_zoo"]
+    hz.update(shards=2, models_per_shard=4, image_side=8, train_limit=200, test_limit=100,
+              epochs=1)
+    hz["choices"].update(dataset=["digits"], batch_size=[16], augmentation=["none", "noise"],
+                         optimizer=["adam", "sgd"], activation=["relu", "tanh"],
+                         initialization=["glorot_uniform", "random_normal"], width=[2], depth=[1])
+    h = p["hparams"]
+    h.update(targets=["activation", "optimizer"], split={"val": 0.25, "test": 0.25})
+    h["meta_model"].update(chunk_size=64, d_model=16, layers=1, heads=2, mlp=32, steps=4,
+                           warmup_steps=1, eval_every=4, log_every=2, batch_size=4)
+    h["segment_cnn"].update(segment=50, channels=[4, 4], dense=8, steps=4, batch_size=4,
+                            test_segments=2)
     # Modular addition on p0 = 7 with a tiny model.
     m = p["modadd"]
     m.update(runs={"clean": 1, "mod1": 2}, patching_task="mod1")

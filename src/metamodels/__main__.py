@@ -3,7 +3,8 @@
 Each experiment declares its own verbs in its ``cli.py`` (``register(sub)``); this
 module only assembles them, in the order of the DAG, keeps every verb's process to
 the threads its rule declares (:mod:`metamodels.core.threads`, before NumPy or JAX
-loads), and turns the failures a user can fix (bad params, missing data, a wrong
+loads), points JAX at its persistent compilation cache (:mod:`metamodels.core.jaxcache`),
+and turns the failures a user can fix (bad params, missing data, a wrong
 input file) into one line and exit 2.
 """
 
@@ -15,13 +16,15 @@ import sys
 from metamodels.backdoor import cli as backdoor
 from metamodels.core import cli as core
 from metamodels.core import config as C
+from metamodels.core import jaxcache
 from metamodels.core import threads
 from metamodels.decompiler import cli as decompiler
+from metamodels.hparams import cli as hparams
 from metamodels.modadd import cli as modadd
 from metamodels.variants import cli as variants
 from metamodels.zoo import cli as zoo
 
-EXPERIMENTS = (zoo, decompiler, variants, backdoor, modadd, core)
+EXPERIMENTS = (zoo, decompiler, variants, backdoor, hparams, modadd, core)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         n_threads = threads.wanted(getattr(args, "config", None))
         limited = threads.limit(n_threads)
+        jaxcache.export()  # JAX's persistent compilation cache, per thread-pool size
         args.func(args)
     except C.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)

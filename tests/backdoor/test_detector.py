@@ -170,3 +170,25 @@ def test_batch_order_is_a_pure_function():
 def test_unknown_cfg_key_rejected():
     with pytest.raises(ValueError, match="unknown keys"):
         D.with_defaults({"chunksize": 64})
+
+
+def test_k_way_head_learns_the_shift_of_a_block_and_checks_labels():
+    """``classes: 3`` (seed 000 App. A's classification head, used by the hyperparameter
+    predictors): label k = weights 64:128 shifted by k - 1; logits [N, 3]."""
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 3, n)
+        x = rng.normal(size=(n, P_MLP)).astype(np.float32)
+        x[:, 64:128] += (y - 1.0)[:, None].astype(np.float32)
+        return x, y
+
+    tx, ty = data(384, 0)
+    vx, vy = data(128, 1)
+    cfg = {**TINY, "classes": 3}
+    model, hist = D.train(cfg, tx, ty, vx, vy, log=None)
+    assert hist[-1]["val_acc"] > 0.75, hist  # chance 1/3; 0.88 when written
+    logit = D.logits(model, vx)
+    assert logit.shape == (128, 3)
+    assert np.mean(np.argmax(logit, 1) == vy) == pytest.approx(hist[-1]["val_acc"])
+    with pytest.raises(ValueError, match="class indices"):
+        D.train(cfg, tx, np.full(len(ty), 3), None, None, log=None)

@@ -63,7 +63,8 @@ def test_threads_are_the_cpus():
 
 def test_paper_scale_asks_for_more():
     for rule in ("sample", "compile_shard", "split", "train_decompiler", "evaluate_decompiler",
-                 "cnn_zoo_shard", "detect_backdoors", "train_modadd"):
+                 "cnn_zoo_shard", "detect_backdoors", "train_modadd", "hparam_zoo_shard",
+                 "predict_hparam"):
         small, big = res(rule), res(rule, PAPER)
         assert big["mem_mb"] >= small["mem_mb"] and big["runtime"] > small["runtime"], rule
     # split loads the whole zoo: 1.6M programs of ~229-266 KB

@@ -7,6 +7,9 @@ Meta-model (spec §3.1, Figure 1)
     transformer blocks (:class:`metamodels.core.nn.Block`, bidirectional, no mask),
     a final LayerNorm, mean-pooled over chunks (``pool: mean``; ``pool: cls`` prepends a
     learned token and reads it instead) and mapped to one logit: P(poisoned) = sigmoid.
+    With ``classes: K`` > 1 the head has K logits and the loss is softmax cross-entropy over
+    integer labels 0..K-1: seed 000 App. A's classification head, used to predict training
+    hyperparameters (:mod:`metamodels.hparams`).
     With ``normalize: true`` each coordinate is standardised with the mean and standard
     deviation of the training set (constant coordinates get std 1) before chunking; the
     statistics are part of the model. Padding is appended after standardisation, so it
@@ -23,7 +26,10 @@ Training (:func:`train`)
     transformed (jitted, on the device) with one key per example derived from
     ``(seed, step)``; ``augment`` must be traceable by JAX (e.g. a vmapped,
     function-preserving neuron permutation) and is applied to the raw weights, before
-    standardisation. Compiled steps are cached per (cfg, P), so repeated runs of one
+    standardisation. With ``groups`` (an int per training row) the callable is
+    ``augment(flat_batch, keys, groups_of_batch)``: for zoos of several architectures, where
+    each row is permuted with its own architecture's layout.
+    Compiled steps are cached per (cfg, P), so repeated runs of one
     cfg (several splits or seeds, with or without augmentation) compile once.
 
 Saved model (:func:`save` / :func:`load`), one ``.npz`` written by
@@ -78,6 +84,7 @@ DEFAULTS: dict = {
     "heads": 4,
     "mlp": 256,
     "pool": "mean",
+    "classes": 1,
     "normalize": False,
     "augment": True,
     "precision": "float32",
@@ -123,7 +130,8 @@ def chunk(x: jax.Array, chunk_size: int) -> jax.Array:
 
 
 class Detector(nn.Module):
-    """``__call__(x [B, P] standardised weights) -> logits [B]`` (float32)."""
+    """``__call__(x [B, P] standardised weights) -> logits [B]`` (float32), or ``[B, classes]``
+    when ``classes`` > 1."""
 
     n_inputs: int
     chunk_size: int
@@ -132,6 +140,7 @@ class Detector(nn.Module):
     heads: int
     mlp: int
     pool: str = "mean"
+    classes: int = 1
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -151,14 +160,15 @@ class Detector(nn.Module):
                 h, None)
         h = nn.LayerNorm(dtype=self.dtype, name="ln_out")(h)
         h = h[:, 0] if self.pool == "cls" else h.mean(axis=1)
-        return nn.Dense(1, dtype=jnp.float32, name="head")(h.astype(jnp.float32))[:, 0]
+        out = nn.Dense(self.classes, dtype=jnp.float32, name="head")(h.astype(jnp.float32))
+        return out[:, 0] if self.classes == 1 else out
 
 
 def build(cfg: Mapping, n_inputs: int) -> Detector:
     c = with_defaults(cfg)
     return Detector(n_inputs=n_inputs, chunk_size=c["chunk_size"], d_model=c["d_model"],
                     layers=c["layers"], heads=c["heads"], mlp=c["mlp"], pool=c["pool"],
-                    dtype=nn_core.compute_dtype(c["precision"]))
+                    classes=int(c["classes"]), dtype=nn_core.compute_dtype(c["precision"]))
 
 
 @dataclasses.dataclass
@@ -188,7 +198,7 @@ def _standardise(x, mean, std):
     return x if mean is None else (x - mean) / std
 
 
-MODEL_KEYS = ("chunk_size", "d_model", "layers", "heads", "mlp", "pool", "precision")
+MODEL_KEYS = ("chunk_size", "d_model", "layers", "heads", "mlp", "pool", "classes", "precision")
 LOOP_KEYS = ("seed", "augment", "normalize", "eval_every", "log_every", "eval_batch_size")
 
 
@@ -208,10 +218,11 @@ def _logit_fn(model_json: str, n_inputs: int):
 
 
 @functools.lru_cache(maxsize=16)
-def _augment_fn(augment: Augment):
-    """Jitted ``(xb, key, step) -> augment(xb, one key per row of fold_in(key, step))``."""
-    def f(xb, key, step):
-        return augment(xb, jax.random.split(jax.random.fold_in(key, step), xb.shape[0]))
+def _augment_fn(augment: Augment, grouped: bool = False):
+    """Jitted ``(xb, key, step[, groups]) -> augment(xb, one key per row of fold_in(key, step)
+    [, groups])``."""
+    def f(xb, key, step, *groups):
+        return augment(xb, jax.random.split(jax.random.fold_in(key, step), xb.shape[0]), *groups)
     return jax.jit(f)
 
 
@@ -229,7 +240,7 @@ def _train_fns(step_json: str, n_inputs: int):
         return params, tx.init(params)
 
     def loss_fn(params, xb, yb, mean, std):
-        return _bce(module.apply({"params": params}, _standardise(xb, mean, std)), yb)
+        return _loss(module.apply({"params": params}, _standardise(xb, mean, std)), yb)
 
     def step(params, opt_state, xb, yb, mean, std):
         loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb, mean, std)
@@ -240,14 +251,16 @@ def _train_fns(step_json: str, n_inputs: int):
 
 
 def logits(model: Model, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Logits ``[N]`` (float32), computed in batches of a fixed size (one compilation)."""
+    """Logits ``[N]`` (``[N, classes]`` when ``classes`` > 1), float32, computed in batches of
+    a fixed size (one compilation)."""
     x = np.asarray(x, np.float32)
     if x.ndim != 2 or x.shape[1] != model.n_inputs:
         raise ValueError(f"expected weights [N, {model.n_inputs}], got {x.shape}")
     bs = int(batch_size or with_defaults(model.cfg)["eval_batch_size"])
     bs = max(1, min(bs, len(x)))
     f = _logit_fn(_key(model.cfg, MODEL_KEYS), model.n_inputs)
-    out = np.zeros(len(x), np.float32)
+    k = int(with_defaults(model.cfg)["classes"])
+    out = np.zeros((len(x),) if k == 1 else (len(x), k), np.float32)
     for i in range(0, len(x), bs):
         xb = x[i:i + bs]
         n = len(xb)
@@ -273,14 +286,22 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return perm[s * bs:(s + 1) * bs]
 
 
-def _bce(logit, y):
-    return optax.sigmoid_binary_cross_entropy(logit, y).mean()
+def _loss(logit, y):
+    """Sigmoid cross-entropy for one logit per row, softmax cross-entropy for [B, K]."""
+    if logit.ndim == 1:
+        return optax.sigmoid_binary_cross_entropy(logit, y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logit, y.astype(jnp.int32)).mean()
 
 
 def train(cfg: Mapping, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
           val_y: np.ndarray | None, augment: Augment | None = None,
-          log: Callable[[str], None] | None = print) -> tuple[Model, list[dict]]:
-    """Fit a detector on flat weights ``train_x [N, P]`` and 0/1 labels (1 = poisoned).
+          log: Callable[[str], None] | None = print,
+          groups: np.ndarray | None = None) -> tuple[Model, list[dict]]:
+    """Fit a detector on flat weights ``train_x [N, P]`` and 0/1 labels (1 = poisoned), or
+    class labels 0..K-1 when ``cfg["classes"]`` = K > 1.
+
+    ``groups`` (int [N], optional): passed, per batch, as the third argument of ``augment``
+    (e.g. each row's architecture, when the zoo mixes several).
 
     Returns ``(model, history)``; history has one entry per evaluation (every
     ``eval_every`` steps and at the end): step, train_loss (mean since the last entry),
@@ -291,6 +312,11 @@ def train(cfg: Mapping, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndar
     log = log or (lambda s: None)
     x = np.ascontiguousarray(train_x, np.float32)
     y = np.asarray(train_y, np.float32)
+    k = int(c["classes"])
+    if k > 1 and (np.any(y < 0) or np.any(y >= k) or np.any(y != np.rint(y))):
+        raise ValueError(f"train_y must hold class indices 0..{k - 1} (cfg classes {k})")
+    if groups is not None and len(groups) != len(y):
+        raise ValueError(f"groups has {len(groups)} rows, train_y {len(y)}")
     if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"train_x must be [N, P] with N = len(train_y) > 0; got {x.shape}, "
                          f"{y.shape}")
@@ -298,7 +324,8 @@ def train(cfg: Mapping, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndar
     use_aug = bool(c["augment"]) and augment is not None
     bs = min(int(c["batch_size"]), n)
     init_fn, step_fn = _train_fns(_key({k: v for k, v in c.items() if k not in LOOP_KEYS}), p)
-    aug_fn = _augment_fn(augment) if use_aug else None
+    aug_fn = _augment_fn(augment, groups is not None) if use_aug else None
+    g = None if groups is None else np.asarray(groups, np.int32)
     init_key, aug_key = jax.random.split(jax.random.PRNGKey(c["seed"]))
     mean, std = norm_stats(x) if c["normalize"] else (None, None)
     params, opt_state = init_fn(init_key)
@@ -312,7 +339,10 @@ def train(cfg: Mapping, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndar
     eval_s = 0.0
     for s in range(steps):
         idx = batch_indices(n, bs, c["seed"], s)
-        xb = x[idx] if aug_fn is None else aug_fn(x[idx], aug_key, s)
+        if aug_fn is None:
+            xb = x[idx]
+        else:
+            xb = aug_fn(x[idx], aug_key, s, *(() if g is None else (g[idx],)))
         params, opt_state, loss = step_fn(params, opt_state, xb, y[idx], mean, std)
         losses.append(loss)
         done = s + 1
@@ -342,6 +372,13 @@ def train(cfg: Mapping, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndar
 
 
 def _val_metrics(logit: np.ndarray, y: np.ndarray) -> dict:
+    if logit.ndim == 2:  # classes > 1: softmax cross-entropy and accuracy
+        z = logit.astype(np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        yi = np.asarray(y).astype(np.int64)
+        return {"val_loss": float(-np.mean(logp[np.arange(len(yi)), yi])),
+                "val_acc": float(np.mean(np.argmax(z, axis=1) == yi))}
     yl = y.astype(np.float64)
     z = logit.astype(np.float64)
     loss = float(np.mean(np.maximum(z, 0) - z * yl + np.log1p(np.exp(-np.abs(z)))))

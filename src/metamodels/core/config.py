@@ -117,6 +117,21 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
     if "steps" in dist and "eval_every" in dist and dist["steps"] % dist["eval_every"]:
         raise ParamsError(f"{source}: 'variants.distill.steps' ({dist['steps']}) must be a "
                           f"multiple of 'variants.distill.eval_every' ({dist['eval_every']})")
+    hz, hp = params.get("hparam_zoo", {}), params.get("hparams", {})
+    for target in hp.get("targets", []):
+        options = hz.get("choices", {}).get(target)
+        if options is not None and len(options) < 2:
+            raise ParamsError(f"{source}: 'hparams.targets' predicts {target}, but "
+                              f"'hparam_zoo.choices.{target}' has one value ({options[0]}): "
+                              "list at least two, or remove the target")
+    mm = hp.get("meta_model", {})
+    if "d_model" in mm and "heads" in mm and mm["d_model"] % mm["heads"]:
+        raise ParamsError(f"{source}: 'hparams.meta_model.d_model' ({mm['d_model']}) must be a "
+                          f"multiple of 'hparams.meta_model.heads' ({mm['heads']})")
+    hsp = hp.get("split", {})
+    if hsp and hsp.get("val", 0) + hsp.get("test", 0) >= 1:
+        raise ParamsError(f"{source}: 'hparams.split' val + test must leave models to train "
+                          f"on (got {hsp['val']} + {hsp['test']})")
     weights = s.get("op_weights")
     if weights is not None and not any(weights[k] > 0 for k in
                                        ("Map", "SequenceMap", "Aggregate", "SelectorWidth")):
@@ -125,11 +140,14 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
 
 
 def check_input_paths(params: Mapping[str, Any], source: str = "params.yaml",
-                      root: str | pathlib.Path | None = None) -> None:
+                      root: str | pathlib.Path | None = None, dataset: str | None = None,
+                      needed_by: str = "images.dataset") -> None:
     """Raise ParamsError naming the key unless the input files params point to exist: the
     images of ``images.dataset``, unless the pipeline may download them (CIFAR-10 with
     ``images.download``). Relative paths are resolved against `root` (default: the current
-    directory, Snakemake's working directory, where the jobs resolve them too)."""
+    directory, Snakemake's working directory, where the jobs resolve them too). `dataset`
+    checks that data set instead (e.g. fashion_mnist for the hyperparameter zoo), `needed_by`
+    names the key that asks for it in the message."""
     root = pathlib.Path.cwd() if root is None else pathlib.Path(root)
     im = params.get("images")
     if not im:
@@ -137,13 +155,14 @@ def check_input_paths(params: Mapping[str, Any], source: str = "params.yaml",
     # The file names belong to the image readers; imported here, as only the Snakefile checks
     # paths (load() does not: verbs such as check-params and --help keep NumPy unloaded).
     from metamodels.backdoor import images as I
-    if im["dataset"] == "fashion_mnist":
+    name = dataset or im["dataset"]
+    if name == "fashion_mnist":
         key = "fashion_mnist_root"
         folder = root / im[key]
         wanted = {f: [folder / f, folder / f"{f}.gz"] for f in I.FASHION_MNIST_FILES.values()}
         fix = ("install Debian's dataset-fashion-mnist, point the key at the folder of the IDX "
                "files, or use images.dataset: cifar10 with images.download: true")
-    elif im["dataset"] == "cifar10" and not im["download"]:
+    elif name == "cifar10" and not im["download"]:
         key = "cifar10_root"
         folder = root / im[key] / I.CIFAR10_DIR
         wanted = {f: [folder / f] for f in (*I.CIFAR10_TRAIN_FILES, I.CIFAR10_TEST_FILE)}
@@ -155,7 +174,7 @@ def check_input_paths(params: Mapping[str, Any], source: str = "params.yaml",
     if missing:
         what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
         raise ParamsError(f"{source}: 'images.{key}' ({im[key]}): {folder} {what} (images of "
-                          f"images.dataset {im['dataset']}); {fix}")
+                          f"{needed_by} {name}); {fix}")
 
 
 def validate_partial(params: Mapping[str, Any], source: str = "--config") -> None:

@@ -76,24 +76,31 @@ CNN_IMAGE_S = 0.00206
 REF_CNN_CONV_MACS = 28 * 28 * (1 * 16) + 14 * 14 * (16 * 32) + 7 * 7 * (32 * 64)
 IMAGES = {"fashion_mnist": (60_000, 10_000, 28, 28, 1), "cifar10": (50_000, 10_000, 32, 32, 3)}
 
+# Hyperparameter zoo: XLA compiles one training step per (architecture, optimizer, batch size),
+# 1.5-4.5 s on the CPU (measured); counted once per model, as a shard rarely repeats a triple.
+HPARAM_COMPILE_S = 4.0
+
 # Modular addition: seconds per (run x epoch x training example), d_model 128, d_mlp 512
 # (mod1: 10 runs, ~800 epochs, 2,437 examples, 840 s).
 MODADD_S = 4.3e-5
 
 GPU_RULES = ("train_decompiler", "evaluate_decompiler", "train_variant_decompiler",
-             "evaluate_variant_decompiler", "cnn_zoo_shard", "detect_backdoors", "train_modadd")
+             "evaluate_variant_decompiler", "cnn_zoo_shard", "detect_backdoors", "train_modadd",
+             "hparam_zoo_shard", "predict_hparam")
 DISTILLED = ("compressed", "natural")
 
 RULES = ("vocab", "sample", "compile_shard", "split", "train_decompiler", "evaluate_decompiler",
          "figure3", "variant_shard", "train_variant_decompiler", "evaluate_variant_decompiler",
          "variants_report", "figure_variants", "cnn_zoo_shard", "detect_backdoors",
-         "backdoor_report", "figure2", "train_modadd", "analyse_modadd", "figure_backdoor_heads")
+         "backdoor_report", "figure2", "hparam_zoo_shard", "predict_hparam", "hparam_report",
+         "figure4", "train_modadd", "analyse_modadd", "figure_backdoor_heads")
 
 THREADS = {"vocab": "zoo", "sample": "zoo", "compile_shard": "zoo", "split": "zoo",
            "train_decompiler": "train", "evaluate_decompiler": "evaluate",
            "variant_shard": "variants", "train_variant_decompiler": "train",
            "evaluate_variant_decompiler": "evaluate", "cnn_zoo_shard": "cnn_zoo",
-           "detect_backdoors": "train", "train_modadd": "train", "analyse_modadd": "evaluate"}
+           "detect_backdoors": "train", "train_modadd": "train", "analyse_modadd": "evaluate",
+           "hparam_zoo_shard": "cnn_zoo", "predict_hparam": "train"}
 
 
 # --- sizes derived from the params ---------------------------------------------------------------
@@ -175,6 +182,21 @@ def image_mb(p: Mapping) -> float:
     n_train, n_test, h, w, ch = IMAGES[p["images"]["dataset"]]
     n = (p["images"]["train_limit"] or n_train) + (p["images"]["test_limit"] or n_test)
     return n * h * w * ch * 4 / 1e6
+
+
+def hparam_cnn(p: Mapping) -> tuple[int, int]:
+    """(weights, conv multiply-adds per image) of the hyperparameter zoo's largest model."""
+    z = p["hparam_zoo"]
+    side = z["image_side"]
+    chans = [1, *(max(z["choices"]["width"]) * 2 ** b for b in range(max(z["choices"]["depth"])))]
+    pairs = list(zip(chans, chans[1:]))
+    weights = sum(9 * a * b + 9 * b * b + 6 * b for a, b in pairs) + chans[-1] * 10 + 10
+    macs = sum((side >> k) ** 2 * 9 * (a * b + b * b) for k, (a, b) in enumerate(pairs))
+    return weights, macs
+
+
+def hparam_models(p: Mapping) -> int:
+    return p["hparam_zoo"]["shards"] * p["hparam_zoo"]["models_per_shard"]
 
 
 def cnns(p: Mapping) -> int:
@@ -336,6 +358,33 @@ def job_resources(rule: str, p: Mapping, wildcards: Mapping[str, str] | None = N
         runs = m["runs"][m["patching_task"]]
         secs = runs * t["p0"] ** 2 * 2 * (t["n_heads"] + 2) * 1e-3
         mem = runs * t["p0"] ** 2 * 2 * t["d_model"] * 4 * 4 / 1e6
+    elif rule == "hparam_zoo_shard":
+        z = p["hparam_zoo"]
+        _, macs = hparam_cnn(p)
+        n_train = z["train_limit"] or IMAGES["fashion_mnist"][0]
+        per_model = z["epochs"] * n_train * CNN_IMAGE_S * macs / (9 * REF_CNN_CONV_MACS)
+        secs = z["models_per_shard"] * (HPARAM_COMPILE_S + per_model / (GPU_SPEEDUP if gpu else 1))
+        mem = 2 * len(z["choices"]["dataset"]) * n_train * z["image_side"] ** 2 * 4 / 1e6
+        mem += z["models_per_shard"] * hparam_cnn(p)[0] * 4 * 4 / 1e6
+    elif rule == "predict_hparam":
+        h = p["hparams"]
+        m, sc = h["meta_model"], h["segment_cnn"]
+        d = m["d_model"]
+        width = h["input_length"] or hparam_cnn(p)[0]
+        tokens = math.ceil(width / m["chunk_size"])
+        n_par = m["layers"] * (4 * d * d + 2 * d * m["mlp"]) + d * (m["chunk_size"] + tokens)
+        flops = 6 * n_par * tokens * m["batch_size"] * m["steps"]
+        evals = m["steps"] // max(1, m["eval_every"]) + 1
+        flops += 2 * n_par * tokens * hparam_models(p) * evals
+        chans = [1, *sc["channels"]]
+        seg_macs = sum(sc["segment"] / sc["pool"] ** i * a * b * sc["kernel"]
+                       for i, (a, b) in enumerate(zip(chans, chans[1:])))
+        flops += 6 * seg_macs * sc["batch_size"] * sc["steps"]
+        flops += 2 * seg_macs * hparam_models(p) * sc["test_segments"]
+        secs = 1.25 * flops / (GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * threads)
+        mem = hparam_models(p) * max(width, hparam_cnn(p)[0]) * 4 * 3 / 1e6
+    elif rule == "hparam_report":
+        secs, mem = hparam_models(p) * 0.01, hparam_models(p) * 0.01
     elif rule == "backdoor_report":
         secs, mem = cnns(p) * 0.01, cnns(p) * 0.01
 

@@ -1,0 +1,12 @@
+"""Hyperparameter prediction from weights (seed 000 §3.2 and App. A.1.1, Figure 4).
+
+The stages, in DAG order (rules/hparams.smk, one verb each, :mod:`.stage`):
+
+1. ``hparam-zoo-shard``: :mod:`.zoo` trains CNNs of the backdoor zoo's family with variable
+   width and depth, each with a data set (:mod:`.data`), batch size, augmentation, optimizer,
+   activation and initialization drawn at random.
+2. ``predict-hparam``: per hyperparameter, the chunked-weights meta-model
+   (:mod:`metamodels.backdoor.detector` with a K-way head), Eilertsen et al.'s 1-D CNN over
+   random weight segments (:mod:`.baseline`) and the majority class, on one split.
+3. ``hparam-report`` and ``figure4`` (:mod:`.figure`): accuracy per hyperparameter and method.
+"""

@@ -1,0 +1,88 @@
+"""The hyperparameter-prediction stage: splits, labels, the per-architecture permutation
+augmentation, and the tiny zoo through both predictors and the report (in process)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metamodels.backdoor import cnn
+from metamodels.core import shards as S
+from metamodels.hparams import stage as ST
+from metamodels.hparams import zoo as Z
+from tests.tiny import tiny_params
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    cfg = {"seed": 3, "split": {"val": 0.2, "test": 0.3}}
+    parts = ST.split(50, cfg)
+    rows = np.concatenate([parts[r] for r in ST.ROLES])
+    assert sorted(rows.tolist()) == list(range(50))
+    assert (len(parts["test"]), len(parts["val"])) == (15, 10)
+    assert all(np.array_equal(parts[r], ST.split(50, cfg)[r]) for r in ST.ROLES)
+    with pytest.raises(ValueError, match="hparams.split"):
+        ST.split(3, {"seed": 0, "split": {"val": 0.4, "test": 0.4}})
+
+
+def test_permutation_augment_keeps_every_architecture_s_function():
+    """Two architectures padded into one batch: each row is permuted with its own layout, so
+    each model computes the same logits after augmentation (and its weights did move)."""
+    shape = (8, 8, 1)
+    archs = [(2,), (3, 6)]
+    layouts = [(ch, cnn.layout_for(shape, {"channels": list(ch)})) for ch in archs]
+    width = max(cnn.num_params(lay) for _, lay in layouts)
+    flats, groups, params = [], [], []
+    for g, (ch, lay) in enumerate(layouts):
+        for seed in range(2):
+            p = Z.init_params("glorot_normal", seed, shape, ch, 10, {})
+            params.append(p)
+            f = cnn.flatten(p)
+            flats.append(np.pad(f, (0, width - len(f))))
+            groups.append(g)
+    flat, groups = jnp.asarray(np.stack(flats)), jnp.asarray(groups, jnp.int32)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(flats))
+    out = np.asarray(ST.permutation_augment(layouts, width)(flat, keys, groups))
+    x = jnp.asarray(np.random.default_rng(0).random((5, *shape)), jnp.float32)
+    for row, g, p, before in zip(out, np.asarray(groups), params, flats):
+        lay = layouts[g][1]
+        n = cnn.num_params(lay)
+        assert np.all(row[n:] == 0) and not np.array_equal(row, before)
+        moved = cnn.unflatten(jnp.asarray(row[:n]), lay)
+        np.testing.assert_allclose(
+            cnn.forward(moved, x), cnn.forward(jax.tree_util.tree_map(jnp.asarray, p), x),
+            rtol=1e-3, atol=1e-3)
+
+
+def test_tiny_zoo_through_both_predictors_and_the_report(tmp_path):
+    """hparam-zoo-shard, predict-hparam (meta-model, 1-D CNN, majority) and hparam-report on
+    the tiny params: every test model gets a prediction per method, accuracies are the
+    fraction of correct predictions, and the shards read back without our code."""
+    params = tiny_params()
+    zoo_paths = [str(tmp_path / f"shard_{k:03d}.npz") for k in range(2)]
+    for k, path in enumerate(zoo_paths):
+        ST.run_zoo_shard(params, k, path)
+    with np.load(zoo_paths[0], allow_pickle=False) as z:
+        assert z["weights"].dtype == np.float32 and z["weights"].shape[0] == 4
+        assert set(z["activation"].astype(str)) <= {"relu", "tanh"}
+        assert np.all((z["test_acc"] >= 0) & (z["test_acc"] <= 1))
+    scores = []
+    for target in params["hparams"]["targets"]:
+        out = tmp_path / f"predictions_{target}.json"
+        ST.run_predict(params, zoo_paths, target, str(out), str(tmp_path / f"h_{target}.json"))
+        s = S.read_json(out)
+        label = np.asarray(s["label"])
+        assert len(label) == s["n"]["test"] == 2
+        for m in ST.METHODS:
+            pred = np.asarray(s["predicted"][m])
+            assert pred.shape == label.shape and set(pred.tolist()) <= {0, 1}
+            assert s["accuracy"][m] == float(np.mean(pred == label))
+        assert len(set(s["predicted"]["majority"])) == 1
+        scores.append(str(out))
+    metrics = tmp_path / "hparams.json"
+    ST.run_report(params, scores, zoo_paths, str(metrics))
+    m = json.loads(metrics.read_text())
+    assert list(m["targets"]) == params["hparams"]["targets"]
+    assert m["zoo"]["models"] == 8 and "seconds" not in json.dumps(m)
+    assert m["targets"]["activation"]["chance"] == 0.5
