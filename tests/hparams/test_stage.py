@@ -83,6 +83,7 @@ def test_tiny_zoo_through_both_predictors_and_the_report(tmp_path):
     metrics = tmp_path / "hparams.json"
     ST.run_report(params, scores, zoo_paths, str(metrics))
     m = json.loads(metrics.read_text())
-    assert list(m["targets"]) == params["hparams"]["targets"]
+    assert m["target_order"] == params["hparams"]["targets"] == ["activation", "optimizer"]
+    assert set(m["targets"]) == set(m["target_order"])
     assert m["zoo"]["models"] == 8 and "seconds" not in json.dumps(m)
     assert m["targets"]["activation"]["chance"] == 0.5

@@ -25,7 +25,7 @@ def cmd_figure2(args) -> None:
     figure2(args.metrics, args.roc, args.out)
 
 
-def _dataset_errors() -> tuple[type[Exception], ...]:
+def dataset_errors() -> tuple[type[Exception], ...]:
     """Missing image data is the user's to fix (where to put it, which param): no traceback."""
     from metamodels.backdoor.images import DatasetError
     return (DatasetError,)
@@ -37,7 +37,7 @@ def register(sub) -> None:
     add_params(p)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--out", required=True, help="zoo shard (.npz)")
-    p.set_defaults(func=cmd_cnn_zoo_shard, expected=_dataset_errors)
+    p.set_defaults(func=cmd_cnn_zoo_shard, expected=dataset_errors)
 
     p = sub.add_parser("detect-backdoors",
                        help="backdoors 2: train the detector and baseline for one setting")
@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--scores", required=True, help="output test scores (JSON)")
     p.add_argument("--history", required=True, help="output training history (JSON)")
     p.add_argument("--timing", help="where to write training seconds and throughput (JSON)")
-    p.set_defaults(func=cmd_detect_backdoors, expected=_dataset_errors)
+    p.set_defaults(func=cmd_detect_backdoors, expected=dataset_errors)
 
     p = sub.add_parser("backdoor-report", help="backdoors 3: AUC per trigger, ROC table")
     add_params(p)
@@ -55,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--zoo", nargs="+", required=True, help="CNN zoo shards")
     p.add_argument("--metrics", required=True, help="output metrics (JSON)")
     p.add_argument("--roc", required=True, help="output ROC curves (CSV)")
-    p.set_defaults(func=cmd_backdoor_report, expected=_dataset_errors)
+    p.set_defaults(func=cmd_backdoor_report, expected=dataset_errors)
 
     p = sub.add_parser("figure2", help="draw figure 2 (ROC per trigger, AUC bars)")
     p.add_argument("--metrics", required=True)

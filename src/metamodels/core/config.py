@@ -70,6 +70,11 @@ def validate(params: Mapping[str, Any], source: str = "params.yaml",
         check_input_paths(params, source, root)
 
 
+#: Images in scikit-learn's bundled digits (sklearn.datasets.load_digits), a data set of the
+#: hyperparameter zoo; the check below keeps NumPy and scikit-learn unloaded.
+DIGITS_IMAGES = 1797
+
+
 def _cross_checks(params: Mapping[str, Any], source: str) -> None:
     s, d = params.get("sampler", {}), params.get("dataset", {})
     if "min_length" in s and "max_length" in s and s["min_length"] > s["max_length"]:
@@ -132,6 +137,20 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
     if hsp and hsp.get("val", 0) + hsp.get("test", 0) >= 1:
         raise ParamsError(f"{source}: 'hparams.split' val + test must leave models to train "
                           f"on (got {hsp['val']} + {hsp['test']})")
+    if hsp and "shards" in hz and "models_per_shard" in hz:
+        n = hz["shards"] * hz["models_per_shard"]
+        n_test = max(1, int(round(n * hsp["test"])))
+        n_val = int(round(n * hsp["val"]))
+        if n - n_test - n_val < 2:
+            raise ParamsError(f"{source}: 'hparams.split' leaves {n - n_test - n_val} of the "
+                              f"{n} CNNs of 'hparam_zoo' (shards x models_per_shard) to train "
+                              "on; grow the zoo or shrink the split")
+    if "digits" in hz.get("choices", {}).get("dataset", []) and \
+            hz.get("test_limit", 0) > DIGITS_IMAGES // 2:
+        raise ParamsError(f"{source}: 'hparam_zoo.test_limit' ({hz['test_limit']}) leaves too "
+                          f"few of the {DIGITS_IMAGES} digits (listed in "
+                          "'hparam_zoo.choices.dataset') to train on; use at most "
+                          f"{DIGITS_IMAGES // 2}")
     weights = s.get("op_weights")
     if weights is not None and not any(weights[k] > 0 for k in
                                        ("Map", "SequenceMap", "Aggregate", "SelectorWidth")):

@@ -10,3 +10,7 @@ The stages, in DAG order (rules/hparams.smk, one verb each, :mod:`.stage`):
    random weight segments (:mod:`.baseline`) and the majority class, on one split.
 3. ``hparam-report`` and ``figure4`` (:mod:`.figure`): accuracy per hyperparameter and method.
 """
+
+HPARAMS = ("dataset", "batch_size", "augmentation", "optimizer", "activation", "initialization")
+"""The targets seed 000 App. A.1.1 predicts, in its order (here so the CLI can list them
+without loading JAX)."""

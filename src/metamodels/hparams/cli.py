@@ -3,7 +3,9 @@ hparam-report, figure4."""
 
 from __future__ import annotations
 
+from metamodels.backdoor.cli import dataset_errors
 from metamodels.core.cli import add_params, params_of
+from metamodels.hparams import HPARAMS
 
 
 def cmd_hparam_zoo_shard(args) -> None:
@@ -26,27 +28,22 @@ def cmd_figure4(args) -> None:
     figure4(args.metrics, args.out)
 
 
-def _dataset_errors() -> tuple[type[Exception], ...]:
-    """Missing image data is the user's to fix (where to put it, which param): no traceback."""
-    from metamodels.backdoor.images import DatasetError
-    return (DatasetError,)
-
-
 def register(sub) -> None:
     """Declare the hyperparameter experiment's verbs (rules/hparams.smk)."""
     p = sub.add_parser("hparam-zoo-shard",
                        help="hparams 1: train one shard of the hyperparameter zoo")
     add_params(p)
-    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--shard", type=int, required=True,
+                   help="shard index, 0 .. hparam_zoo.shards - 1 (seeds its models)")
     p.add_argument("--out", required=True, help="zoo shard (.npz)")
-    p.set_defaults(func=cmd_hparam_zoo_shard, expected=_dataset_errors)
+    p.set_defaults(func=cmd_hparam_zoo_shard, expected=dataset_errors)
 
     p = sub.add_parser("predict-hparam",
                        help="hparams 2: meta-model, 1-D CNN and majority class for one target")
     add_params(p)
     p.add_argument("--zoo", nargs="+", required=True, help="hyperparameter-zoo shards")
-    p.add_argument("--target", required=True, help="dataset | batch_size | augmentation | "
-                   "optimizer | activation | initialization")
+    p.add_argument("--target", required=True, choices=HPARAMS,
+                   help="the hyperparameter to predict (one of hparams.targets)")
     p.add_argument("--scores", required=True, help="output test predictions (JSON)")
     p.add_argument("--history", required=True, help="output training histories (JSON)")
     p.set_defaults(func=cmd_predict_hparam)

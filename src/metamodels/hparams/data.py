@@ -55,7 +55,7 @@ def load_digits(test_limit: int, seed: int) -> I.Images:
     x = np.rint(np.asarray(d.images, np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
     y = np.asarray(d.target, np.int64)
     n_test = int(test_limit) or len(y) // 5
-    if n_test >= len(y):
+    if n_test > len(y) // 2:
         raise ValueError(f"hparam_zoo.test_limit {test_limit} leaves no digits to train on "
                          f"(the set has {len(y)} images); use at most {len(y) // 2}")
     test = I.subset_indices(y, n_test, [seed, 2])

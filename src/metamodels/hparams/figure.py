@@ -19,7 +19,7 @@ def figure4(metrics_path: str, out: str) -> None:
     the test-set size in the title. Raises ValueError when the metrics hold no target."""
     from metamodels.hparams.stage import METHODS
     m = S.read_json(metrics_path)
-    targets = list(m["targets"])
+    targets = list(m.get("target_order") or m["targets"])
     if not targets:
         raise ValueError(f"{metrics_path}: no targets; rerun the hparams rules")
     fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(targets), 4.2))

@@ -273,6 +273,7 @@ def run_report(params: Mapping, score_paths: Sequence[str], zoo_paths: Sequence[
     S.write_json(metrics_out, {
         "zoo": {"models": int(len(zoo["seed"])), "by_dataset": by_dataset},
         "methods": list(METHODS),
+        "target_order": order,  # hparams.targets order (JSON objects are written key-sorted)
         "targets": {t: targets[t] for t in order},
         "meta_model_wins": {t: targets[t]["meta_model_minus_segment_cnn"] > 0 for t in order},
     })

@@ -55,9 +55,8 @@ import numpy as np
 import optax
 
 from metamodels.backdoor import cnn
+from metamodels.hparams import HPARAMS  # the targets, seed 000 App. A.1.1 (re-exported)
 
-HPARAMS = ("dataset", "batch_size", "augmentation", "optimizer", "activation", "initialization")
-"""The targets seed 000 App. A.1.1 predicts, in its order."""
 ARCHITECTURE = ("width", "depth")
 ACTIVATIONS = ("relu", "elu", "gelu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
