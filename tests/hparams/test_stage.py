@@ -55,23 +55,23 @@ def test_permutation_augment_keeps_every_architecture_s_function():
             rtol=1e-3, atol=1e-3)
 
 
-def test_tiny_zoo_through_both_predictors_and_the_report(tmp_path):
-    """hparam-zoo-shard, predict-hparam (meta-model, 1-D CNN, majority) and hparam-report on
-    the tiny params: every test model gets a prediction per method, accuracies are the
-    fraction of correct predictions, and the shards read back without our code."""
+@pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
+def test_tiny_zoo_through_both_predictors_and_the_report(built):
+    """The tiny pipeline's hparams target (built by Snakemake with the rest of `everything`):
+    every test model gets a prediction per method, accuracies are the fraction of correct
+    predictions, and the zoo shards read back without our code."""
     params = tiny_params()
-    zoo_paths = [str(tmp_path / f"shard_{k:03d}.npz") for k in range(2)]
-    for k, path in enumerate(zoo_paths):
-        ST.run_zoo_shard(params, k, path)
+    zoo_paths = sorted(built.glob("data/hparam_zoo/shard_*.npz"))
+    assert len(zoo_paths) == params["hparam_zoo"]["shards"] == 2
     with np.load(zoo_paths[0], allow_pickle=False) as z:
         assert z["weights"].dtype == np.float32 and z["weights"].shape[0] == 4
         assert set(z["activation"].astype(str)) <= {"relu", "tanh"}
         assert np.all((z["test_acc"] >= 0) & (z["test_acc"] <= 1))
-    scores = []
+        n = z["n_weights"]
+        assert all(np.all(row[k:] == 0) for row, k in zip(z["weights"], n))
     for target in params["hparams"]["targets"]:
-        out = tmp_path / f"predictions_{target}.json"
-        ST.run_predict(params, zoo_paths, target, str(out), str(tmp_path / f"h_{target}.json"))
-        s = S.read_json(out)
+        s = S.read_json(built / f"results/hparams/predictions_{target}.json")
         label = np.asarray(s["label"])
         assert len(label) == s["n"]["test"] == 2
         for m in ST.METHODS:
@@ -79,11 +79,9 @@ def test_tiny_zoo_through_both_predictors_and_the_report(tmp_path):
             assert pred.shape == label.shape and set(pred.tolist()) <= {0, 1}
             assert s["accuracy"][m] == float(np.mean(pred == label))
         assert len(set(s["predicted"]["majority"])) == 1
-        scores.append(str(out))
-    metrics = tmp_path / "hparams.json"
-    ST.run_report(params, scores, zoo_paths, str(metrics))
-    m = json.loads(metrics.read_text())
+    m = json.loads((built / "results/metrics/hparams.json").read_text())
     assert m["target_order"] == params["hparams"]["targets"] == ["activation", "optimizer"]
     assert set(m["targets"]) == set(m["target_order"])
     assert m["zoo"]["models"] == 8 and "seconds" not in json.dumps(m)
     assert m["targets"]["activation"]["chance"] == 0.5
+    assert (built / "results/figure4.pdf").read_bytes().startswith(b"%PDF")

@@ -93,11 +93,11 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
             raise ParamsError(f"{source}: 'modadd.runs.{task}': the backdoor modulus {task[3:]} "
                               f"must be <= 'modadd.train.p0' ({p0}): its labels are among the "
                               f"p0 tokens")
-    for sec in ("decompiler", "detector"):
-        mod = params.get(sec, {}).get("model", {})
+    for sec, sub in (("decompiler", "model"), ("detector", "model"), ("hparams", "meta_model")):
+        mod = params.get(sec, {}).get(sub, {})
         if "d_model" in mod and "heads" in mod and mod["d_model"] % mod["heads"]:
-            raise ParamsError(f"{source}: '{sec}.model.d_model' ({mod['d_model']}) must be a "
-                              f"multiple of '{sec}.model.heads' ({mod['heads']})")
+            raise ParamsError(f"{source}: '{sec}.{sub}.d_model' ({mod['d_model']}) must be a "
+                              f"multiple of '{sec}.{sub}.heads' ({mod['heads']})")
     z = params.get("cnn_zoo", {}).get("models_per_shard", {})
     if z and not any(v > 0 for k, v in z.items() if k != "clean"):
         raise ParamsError(f"{source}: 'cnn_zoo.models_per_shard' needs at least one poisoned "
@@ -129,22 +129,18 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
             raise ParamsError(f"{source}: 'hparams.targets' predicts {target}, but "
                               f"'hparam_zoo.choices.{target}' has one value ({options[0]}): "
                               "list at least two, or remove the target")
-    mm = hp.get("meta_model", {})
-    if "d_model" in mm and "heads" in mm and mm["d_model"] % mm["heads"]:
-        raise ParamsError(f"{source}: 'hparams.meta_model.d_model' ({mm['d_model']}) must be a "
-                          f"multiple of 'hparams.meta_model.heads' ({mm['heads']})")
     hsp = hp.get("split", {})
     if hsp and hsp.get("val", 0) + hsp.get("test", 0) >= 1:
         raise ParamsError(f"{source}: 'hparams.split' val + test must leave models to train "
                           f"on (got {hsp['val']} + {hsp['test']})")
     if hsp and "shards" in hz and "models_per_shard" in hz:
+        from metamodels.hparams import split_sizes  # pure Python: NumPy stays unloaded
         n = hz["shards"] * hz["models_per_shard"]
-        n_test = max(1, int(round(n * hsp["test"])))
-        n_val = int(round(n * hsp["val"]))
-        if n - n_test - n_val < 2:
-            raise ParamsError(f"{source}: 'hparams.split' leaves {n - n_test - n_val} of the "
-                              f"{n} CNNs of 'hparam_zoo' (shards x models_per_shard) to train "
-                              "on; grow the zoo or shrink the split")
+        n_train = split_sizes(n, hsp)[0]
+        if n_train < 2:
+            raise ParamsError(f"{source}: 'hparams.split' leaves {n_train} of the {n} CNNs of "
+                              "'hparam_zoo' (shards x models_per_shard) to train on; grow the "
+                              "zoo or shrink the split")
     if "digits" in hz.get("choices", {}).get("dataset", []) and \
             hz.get("test_limit", 0) > DIGITS_IMAGES // 2:
         raise ParamsError(f"{source}: 'hparam_zoo.test_limit' ({hz['test_limit']}) leaves too "

@@ -14,3 +14,12 @@ The stages, in DAG order (rules/hparams.smk, one verb each, :mod:`.stage`):
 HPARAMS = ("dataset", "batch_size", "augmentation", "optimizer", "activation", "initialization")
 """The targets seed 000 App. A.1.1 predicts, in its order (here so the CLI can list them
 without loading JAX)."""
+
+
+def split_sizes(n: int, split) -> tuple[int, int, int]:
+    """(train, val, test) model counts of a zoo of ``n`` under ``hparams.split`` (``val``,
+    ``test`` fractions; at least one test model): what :func:`.stage.split` cuts, and what the
+    params check (:mod:`metamodels.core.config`) tests before any job runs."""
+    n_test = max(1, int(round(n * float(split["test"]))))
+    n_val = int(round(n * float(split["val"])))
+    return n - n_test - n_val, n_val, n_test

@@ -119,12 +119,12 @@ def load_zoo(paths: Sequence[str], weights: bool = True) -> dict:
 def split(n: int, cfg: Mapping) -> dict[str, np.ndarray]:
     """Row indices of train / val / test: a permutation from ``default_rng([seed, 7])`` cut at
     ``split.val`` and ``split.test`` fractions (the same for every target)."""
+    from metamodels.hparams import split_sizes
     perm = np.random.default_rng([int(cfg["seed"]), 7]).permutation(n)
-    n_test = max(1, int(round(n * float(cfg["split"]["test"]))))
-    n_val = int(round(n * float(cfg["split"]["val"])))
-    if n - n_test - n_val < 2:
-        raise ValueError(f"hparams.split leaves {n - n_test - n_val} of {n} zoo models to "
-                         "train on; grow hparam_zoo.models_per_shard or shrink the split")
+    n_train, n_val, n_test = split_sizes(n, cfg["split"])
+    if n_train < 2:
+        raise ValueError(f"hparams.split leaves {n_train} of {n} zoo models to train on; grow "
+                         "hparam_zoo.models_per_shard or shrink the split")
     return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
             "train": np.sort(perm[n_test + n_val:])}
 
