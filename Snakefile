@@ -2,10 +2,10 @@
 #
 #   vocab ─┐
 #   sample (per shard) ─> compile_shard (per shard) ─> split ─> data/dataset/{train,val,test}
-#                                                           └─> train_decompiler ─> evaluate_decompiler ─> figure3
+#       ─> tokenize (per split shard) ─> train_decompiler ─> evaluate_decompiler ─> figure3
 #
-#   data/dataset ─> variant_shard (per variant, split, shard) ─> train_variant_decompiler ─>
-#                   evaluate_variant_decompiler (per variant) ─> variants_report ─> figure_variants
+#   data/dataset ─> variant_shard (per variant, split, shard) ─> tokenize ─> train_variant_decompiler
+#                   ─> evaluate_variant_decompiler (per variant) ─> variants_report ─> figure_variants
 #
 #   cnn_zoo_shard (per shard) ─> detect_backdoors (per setting) ─> backdoor_report ─> figure2
 #

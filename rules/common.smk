@@ -34,6 +34,7 @@ wildcard_constraints:
     setting=r"iid|iid_noaug|ood_\w+",
     task=r"clean|mod\d+",
     variant="standard|orthogonal|pca|compressed|natural",
+    source=r"dataset|variants/(standard|orthogonal|pca|compressed|natural)",
     vshard=r"\d{3}",
 
 
@@ -77,9 +78,20 @@ def dataset_shards():
     ]
 
 
-def split_shards(split):
+def token_shards(split, source="dataset"):
+    """The decompiler's token shards of one split of the dataset (or of variants/VARIANT)."""
     n = config["dataset"]["shards"][split]
-    return [f"data/dataset/{split}/shard_{j:03d}.npz" for j in range(n)]
+    return [f"data/tokens/{source}/{split}/shard_{j:03d}.npz" for j in range(n)]
+
+
+def tokenize_params():
+    """JSON of what tokenizing depends on: decompiler.input less buckets, max_program_tokens."""
+    d = config["decompiler"]
+    return params_schema.sections(
+        {"decompiler": {"input": params_schema.tokenizer_input(d["input"]),
+                        "max_program_tokens": d["max_program_tokens"]},
+         "threads": config["threads"]},
+        decompiler=True, threads=["zoo"])
 
 
 CNN_ZOO_SHARDS = [f"{k:03d}" for k in range(config["cnn_zoo"]["shards"])]

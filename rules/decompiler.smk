@@ -1,10 +1,31 @@
 # Decompiler meta-model (seed 001): weights -> RASP program, scored on test, figure 3.
 
 
+rule tokenize:  # one dataset or variant shard -> its weight tokens, read on demand by training
+    input:
+        "data/{source}/{split}/shard_{vshard}.npz",
+    output:
+        "data/tokens/{source}/{split}/shard_{vshard}.npz",
+    threads: threads_of("zoo")
+    params:
+        cfg=tokenize_params(),
+    resources:
+        **resources_of("tokenize"),
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/tokens/{source}/{split}_{vshard}.log",
+    benchmark:
+        "logs/benchmarks/tokens/{source}/{split}_{vshard}.tsv"
+    shell:
+        "python -m metamodels tokenize --config {params.cfg:q} --input {input} --out {output}"
+        " 2> {log}"
+
+
 rule train_decompiler:
     input:
-        train=split_shards("train"),
-        val=split_shards("val"),
+        train=token_shards("train"),
+        val=token_shards("val"),
         vocab="data/vocab.json",
     output:
         model="models/decompiler.npz",
@@ -41,7 +62,7 @@ rule train_decompiler:
 rule evaluate_decompiler:
     input:
         model="models/decompiler.npz",
-        test=split_shards("test"),
+        test=token_shards("test"),
     output:
         metrics=report(
             "results/metrics/decompiler.json",

@@ -26,8 +26,8 @@ rule variant_shard:
 
 rule train_variant_decompiler:
     input:
-        train=lambda w: variant_shards(w.variant, "train"),
-        val=lambda w: variant_shards(w.variant, "val"),
+        train=lambda w: token_shards("train", f"variants/{w.variant}"),
+        val=lambda w: token_shards("val", f"variants/{w.variant}"),
         vocab="data/vocab.json",
     output:
         model="models/variants/{variant}/decompiler.npz",
@@ -55,7 +55,7 @@ rule train_variant_decompiler:
 rule evaluate_variant_decompiler:
     input:
         model="models/variants/{variant}/decompiler.npz",
-        test=lambda w: variant_shards(w.variant, "test"),
+        test=lambda w: token_shards("test", f"variants/{w.variant}"),
     output:
         metrics="results/variants/{variant}/metrics.json",
         predictions="results/variants/{variant}/test_predictions.json",

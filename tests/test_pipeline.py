@@ -91,14 +91,15 @@ def test_bad_params_fail_before_any_job(tmp_path, section, key, value, needle):
 DECOMPILER = {"train_decompiler": 1, "evaluate_decompiler": 1, "figure3": 1}
 VARIANT_DECOMPILERS = {"train_variant_decompiler": 2, "evaluate_variant_decompiler": 2,
                        "variants_report": 1, "figure_variants": 1}
-VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dataset shards
+# 4 dataset shards and 2 variants x 4 variant shards, each tokenized
+VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS, "tokenize": 4 + 2 * 4}
 
 
 @pytest.mark.parametrize("edit,expected", [
     (lambda p: p["dataset"]["split"].update(train=0.5, val=0.3),
      {"split": 1, **DECOMPILER, **VARIANTS}),
     (lambda p: p["dataset"]["shards"].update(train=3),
-     {"split": 1, **DECOMPILER, **VARIANTS, "variant_shard": 2 * 5}),
+     {"split": 1, **DECOMPILER, **VARIANTS, "variant_shard": 2 * 5, "tokenize": 5 + 2 * 5}),
     (lambda p: p["compile"].update(timeout_s=61),
      {"compile_shard": 2, "split": 1, **DECOMPILER, **VARIANTS}),
     (lambda p: p["zoo"].update(seed=1),
@@ -109,6 +110,11 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dat
     (lambda p: p["decompiler"]["train"].update(steps=7), DECOMPILER),
     (lambda p: p["decompiler"]["train"].update(learning_rate=0.002),
      {**DECOMPILER, **VARIANT_DECOMPILERS}),
+    # what a token is: every token shard is remade; the batch padding (buckets) is not one
+    (lambda p: p["decompiler"]["input"].update(max_index=200),
+     {**DECOMPILER, **VARIANT_DECOMPILERS, "tokenize": 4 + 2 * 4}),
+    (lambda p: p["decompiler"]["input"].update(buckets=3),
+     {**DECOMPILER, **VARIANT_DECOMPILERS}),
     # a rule's thread count is one of its params: its jobs rerun, the others stay
     (lambda p: p["threads"].update(cnn_zoo=2),
      {"cnn_zoo_shard": 2, "detect_backdoors": 3, "backdoor_report": 1, "figure2": 1,
@@ -117,7 +123,7 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS}  # 2 variants x 4 dat
      {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
       "variants_report": 1, "figure_variants": 1}),
     (lambda p: p["variants"]["pca"].update(ratio=0.7),   # the distilled students stay
-     {"variant_shard": 4, "train_variant_decompiler": 1, "evaluate_variant_decompiler": 1,
+     {"variant_shard": 4, "tokenize": 4, "train_variant_decompiler": 1, "evaluate_variant_decompiler": 1,
       "variants_report": 1, "figure_variants": 1}),
     (lambda p: p["detector"]["model"].update(steps=5),
      {"detect_backdoors": 3, "backdoor_report": 1, "figure2": 1}),

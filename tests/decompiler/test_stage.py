@@ -19,48 +19,20 @@ from metamodels.decompiler import stage as decompiler
 from metamodels.decompiler.metrics import Domain, judge, summarize
 from metamodels.decompiler.train import Trainer, train_and_evaluate
 from metamodels.rasp import lambdas as L
+from metamodels.decompiler.tokens import TokenStore
 from metamodels.rasp.tokenizer import Vocab
 from metamodels.zoo import dataset
-from metamodels.zoo import stage as zoo
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.xdist_group("decompiler")
 
 
-def tiny_params(default_params) -> dict:
-    p = copy.deepcopy(default_params)
-    p["zoo"].update(vocab=[1, 2, 3], max_seq_len=4, shards=1, programs_per_shard=90)
-    p["sampler"].update(min_length=2, max_length=3)
-    p["decompiler"]["max_program_tokens"] = 32
-    p["dataset"].update(split={"train": 0.7, "val": 0.15, "test": 0.15},
-                        shards={"train": 1, "val": 1, "test": 1})
-    d = p["decompiler"]
-    d["model"].update(d_model=32, layers=1, decoder_layers=1, heads=2, mlp=64)
-    d["train"].update(steps=60, batch_size=16, warmup_steps=5, learning_rate=3e-3,
-                      log_every=20, eval_every=20, eval_batch_size=16, eval_exact_programs=4)
-    d["input"].update(buckets=2)
-    return p
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, default_params):
-    params = tiny_params(default_params)
-    d = tmp_path_factory.mktemp("dec")
-    vocab = Vocab.from_params(params)
-    (d / "vocab.json").write_text(vocab.dumps())
-    zoo.run_sample(params, 0, str(d / "programs.json"))
-    zoo.run_compile(params, str(d / "programs.json"), str(d / "vocab.json"),
-                    str(d / "compiled.npz"))
-    dataset.run_split(params, [str(d / "compiled.npz")], str(d / "vocab.json"), str(d / "ds"))
-    paths = {s: [str(d / "ds" / s / "shard_000.npz")] for s in dataset.SPLITS}
-    return params, d, paths
-
-
 @pytest.fixture(scope="module")
 def trained(data):
+    """Trained as the pipeline does: from token shards (the tokenize stage's files)."""
     params, d, paths = data
-    decompiler.run_train(params, paths["train"], paths["val"], str(d / "vocab.json"),
+    decompiler.run_train(params, paths["tokens/train"], paths["tokens/val"], str(d / "vocab.json"),
                          str(d / "model.npz"), str(d / "history.json"), str(d / "curve.csv"),
                          str(d / "work"))
     return params, d, paths
@@ -99,7 +71,10 @@ def test_resumed_training_equals_uninterrupted(data, tmp_path):
     full = train_and_evaluate(cfg, tmp_path / "a", train, val, vocab)
     part = train_and_evaluate(cfg, tmp_path / "b", train, val, vocab, stop_after=13)
     assert [e["step"] for e in part["history"]] == [10]
-    resumed = train_and_evaluate(cfg, tmp_path / "b", train, val, vocab)
+    # resumed from token shards read on demand: the same batches, so the same run
+    stores = [TokenStore(paths["tokens/" + s], cfg["input"], cfg["max_program_tokens"])
+              for s in ("train", "val")]
+    resumed = train_and_evaluate(cfg, tmp_path / "b", *stores, vocab)
     assert resumed["history"] == full["history"]
     a = jax.tree_util.tree_leaves(jax.device_get(full["params"]))
     b = jax.tree_util.tree_leaves(jax.device_get(resumed["params"]))

@@ -14,9 +14,11 @@ params (programs per shard, program length, model size, steps, images, epochs, .
 * memory: the peak RSS of the default run's jobs (Snakemake benchmark files
   ``logs/benchmarks/*.tsv`` and ``benchmarks/results/*.json``; 2-core CPU machine), split into
   a process baseline (Python, NumPy, JAX and XLA: :data:`BASE_MB`, more on a GPU,
-  :data:`GPU_HOST_MB`) plus the data a stage holds in memory at once. Stages that load a whole
-  split or zoo (``split``, the decompiler's training and evaluation, the detector) hold it all:
-  their memory grows with the zoo, not with one shard.
+  :data:`GPU_HOST_MB`) plus the data a stage holds in memory at once. ``split`` holds one
+  compiled and one output shard at a time, and the decompiler's training and evaluation read
+  token shards on demand (benchmarks/data_scale.py): their memory grows only by a few bytes
+  per program. Stages that load a whole zoo (the detector, the hyperparameter predictors)
+  hold it all: their memory grows with the zoo, not with one shard.
 * a compiled program's size: 127 KB in memory (13,000 weight floats plus its metadata) at the
   default ``sampler`` lengths 3-6, 229 KB (29,600 floats) at the paper's 4-9 (measured on 35
   sampled programs); both grow about with the square of the mean program length
@@ -58,6 +60,7 @@ PROGRAM_FLOATS = 13_000      # its weights
 SAMPLE_S = 0.067             # sampler seconds per accepted program (20 s / 300)
 COMPILE_S = 0.167            # compile + verify seconds per program (50 s / 300)
 SPLIT_S = 0.0025             # split seconds per program (6 s / 2,400)
+TOKENIZE_S = 0.004           # tokenize seconds per program (1.0 s / 277, residual tokens)
 
 # Training: FLOP rates from the default decompiler run (700 steps in 515 s on 2 cores, the
 # tokens per step counted as below) and an assumed GPU rate.
@@ -89,13 +92,14 @@ GPU_RULES = ("train_decompiler", "evaluate_decompiler", "train_variant_decompile
              "hparam_zoo_shard", "predict_hparam")
 DISTILLED = ("compressed", "natural")
 
-RULES = ("vocab", "sample", "compile_shard", "split", "train_decompiler", "evaluate_decompiler",
+RULES = ("vocab", "sample", "compile_shard", "split", "tokenize", "train_decompiler", "evaluate_decompiler",
          "figure3", "variant_shard", "train_variant_decompiler", "evaluate_variant_decompiler",
          "variants_report", "figure_variants", "cnn_zoo_shard", "detect_backdoors",
          "backdoor_report", "figure2", "hparam_zoo_shard", "predict_hparam", "hparam_report",
          "figure4", "train_modadd", "analyse_modadd", "figure_backdoor_heads")
 
 THREADS = {"vocab": "zoo", "sample": "zoo", "compile_shard": "zoo", "split": "zoo",
+           "tokenize": "zoo",
            "train_decompiler": "train", "evaluate_decompiler": "evaluate",
            "variant_shard": "variants", "train_variant_decompiler": "train",
            "evaluate_variant_decompiler": "evaluate", "cnn_zoo_shard": "cnn_zoo",
@@ -225,13 +229,15 @@ def _train_seconds(dec: Mapping, train: Mapping, threads: int, gpu: int, p: Mapp
     return 1.25 * flops / rate + decode
 
 
-def _tokens_mb(n: float, dec: Mapping, p: Mapping, shards_of_zoo: bool) -> float:
-    """MB of `n` programs' weight tokens, plus one dataset shard as read."""
-    _, floats = decompiler_tokens(dec, p)
-    per_token = 3 * 4 / (dec["input"]["chunk_size"] if dec["input"]["tokenization"] == "chunks"
-                         else 32)
-    shard = split_programs(p, "train") / p["dataset"]["shards"]["train"] if shards_of_zoo else 0
-    return (n * floats * (4 + per_token) + shard * program_kb(p) * 1e3) / 1e6
+def _store_mb(n: float, dec: Mapping, batch_size: int, eval_programs: float = 0) -> float:
+    """MB a training or evaluation process holds for its data with token shards read on
+    demand (metamodels.decompiler.tokens.TokenStore): about 40 bytes of offsets per program,
+    the program tokens of the sets it evaluates, and a few padded batches (the one computing,
+    two prefetched, the one being built): it no longer grows with the programs' weights."""
+    inp = dec["input"]
+    width = inp["chunk_size"] if inp["tokenization"] == "chunks" else 2 * inp["max_residual"] + 1
+    batch = batch_size * inp["max_tokens"] * (width * 4 + 3 * 4 + 1)
+    return (n * 40 + eval_programs * dec["max_program_tokens"] * 4 + 4 * batch) / 1e6
 
 
 def _decode_seconds(dec: Mapping, decoders: float, gpu: int) -> float:
@@ -286,19 +292,32 @@ def job_resources(rule: str, p: Mapping, wildcards: Mapping[str, str] | None = N
         # the parent holds the shard; its worker process is capped at compile.memory_mb
         mem = n * program_kb(p) / 1e3 + p["compile"]["memory_mb"] / MEM_SAFETY
     elif rule == "split":
-        # every compiled shard is loaded at once (deduplication across shards)
+        # two passes (zoo/dataset.py): the small columns of every shard, then one compiled
+        # shard and one output shard at a time; ~200 bytes per program (hashes, row plan)
         n = zoo_programs(p)
+        largest = max(split_programs(p, s) / p["dataset"]["shards"][s]
+                      for s in p["dataset"]["shards"])
         secs = n * SPLIT_S * program_kb(p) / PROGRAM_KB
-        mem = n * program_kb(p) / 1e3
+        mem = (z["programs_per_shard"] + largest) * program_kb(p) / 1e3 + n * 200 / 1e6
+    elif rule == "tokenize":
+        # one dataset or variant shard in memory, and its tokens (float32 features) as made
+        split = w.get("split", "train")
+        if w.get("source", "dataset").startswith("variants/"):
+            n = _variant_rows(p, split)
+        else:
+            n = split_programs(p, split) / p["dataset"]["shards"][split]
+        secs = n * TOKENIZE_S * program_floats(p) / PROGRAM_FLOATS
+        mem = n * program_kb(p) / 1e3 + n * program_floats(p) * 4 / 1e6
     elif rule in ("train_decompiler", "train_variant_decompiler"):
         dec = p["decompiler"] if rule == "train_decompiler" else _variant_decompiler(p)
         if rule == "train_decompiler":
             n = split_programs(p, "train", "val")
         else:
             n = sum(_variant_rows(p, s) * p["dataset"]["shards"][s] for s in ("train", "val"))
-        # every train and val program's weight tokens at once (float32 features + 3 int32
-        # per token), read shard by shard; concatenating them doubles the peak
-        mem, safety = _tokens_mb(n, dec, p, rule == "train_decompiler"), 2.0
+        t = dec["train"]
+        mem = _store_mb(n, dec, max(t["batch_size"], t["eval_batch_size"]),
+                        n * p["dataset"]["split"]["val"] / sum(p["dataset"]["split"][s]
+                                                               for s in ("train", "val")))
         secs = _train_seconds(dec, dec["train"], threads, gpu, p)
     elif rule in ("evaluate_decompiler", "evaluate_variant_decompiler"):
         dec = p["decompiler"]
@@ -306,7 +325,7 @@ def job_resources(rule: str, p: Mapping, wildcards: Mapping[str, str] | None = N
             n = split_programs(p, "test")
         else:
             n = _variant_rows(p, "test") * p["dataset"]["shards"]["test"]
-        mem, safety = _tokens_mb(n, dec, p, rule == "evaluate_decompiler"), 2.0
+        mem = _store_mb(n, dec, dec["train"]["eval_batch_size"], n)
         secs = (n + 10) * _decode_seconds(dec, _decoders(dec), gpu)
     elif rule == "variant_shard":
         n = _variant_rows(p, w.get("split", "train"))

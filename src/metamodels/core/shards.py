@@ -154,21 +154,107 @@ def ragged(arrays: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets
 
 
-def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as a deterministic, deflate-compressed .npz, atomically."""
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
+             compress: bool = True) -> None:
+    """Write arrays as a deterministic .npz, atomically: deflate-compressed, or with
+    ``compress=False`` stored as they are, so that :class:`StoredColumns` can read any rows of
+    a column without reading the rest of the file (``numpy.load`` reads both kinds)."""
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
             raise TypeError(f"{path}: array {name!r} has dtype object; store text or JSON instead")
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as zf:
             for name in arrays:  # caller's order, kept stable
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]),
                                           allow_pickle=False)
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = method
                 info.external_attr = 0o644 << 16
-                zf.writestr(info, buf.getvalue(), compresslevel=6)
+                if compress:
+                    zf.writestr(info, buf.getvalue(), compresslevel=6)
+                else:
+                    zf.writestr(info, buf.getvalue())
+
+
+class StoredColumns:
+    """Rows of the columns of an uncompressed ``.npz`` (``save_npz(..., compress=False)``),
+    read on demand with ``os.pread``: only the bytes asked for are read, so a reader's memory
+    does not grow with the file. Safe to use from several threads.
+
+    ``columns`` maps each column to ``(byte offset of its first element, dtype, shape)``.
+    :class:`FileFormatError` names the file when it is not such an ``.npz`` or a column is
+    compressed, not C-ordered, or missing."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self.columns: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        self._fd: int | None = None
+        try:
+            with open(self.path, "rb") as f, zipfile.ZipFile(f) as zf:
+                for info in zf.infolist():
+                    name = info.filename.removesuffix(".npy")
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise FileFormatError(self.path, f"column '{name}' is compressed; "
+                                              "this reader needs a stored (uncompressed) .npz",
+                                              name)
+                    f.seek(info.header_offset)
+                    local = f.read(30)
+                    if local[:4] != b"PK\x03\x04":
+                        raise zipfile.BadZipFile
+                    skip = int.from_bytes(local[26:28], "little") + \
+                        int.from_bytes(local[28:30], "little")
+                    f.seek(info.header_offset + 30 + skip)
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read_header(f)
+                    if fortran or dtype.hasobject:
+                        raise FileFormatError(self.path, f"column '{name}' is not a plain "
+                                              "C-ordered array", name)
+                    self.columns[name] = (f.tell(), dtype, tuple(shape))
+        except OSError as e:
+            raise FileFormatError(self.path, os_error_text(e)) from None
+        except (zipfile.BadZipFile, ValueError, EOFError) as e:
+            if isinstance(e, FileFormatError):
+                raise
+            raise FileFormatError(self.path, "truncated or corrupt: not a readable .npz (zip) "
+                                  "file") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._column(name)[2]
+
+    def _column(self, name: str):
+        if name not in self.columns:
+            raise FileFormatError(self.path, f"no '{name}' column", column=name)
+        return self.columns[name]
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """``column[start:stop]`` (along the first axis), read from the file."""
+        offset, dtype, shape = self._column(name)
+        inner = int(np.prod(shape[1:], dtype=np.int64))
+        if not 0 <= start <= stop <= shape[0]:
+            raise FileFormatError(self.path, f"rows {start}:{stop} of column '{name}' are "
+                                  f"outside its {shape[0]} rows", name)
+        n = (stop - start) * inner * dtype.itemsize
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._fd, n, offset + start * inner * dtype.itemsize)
+        if len(data) != n:
+            raise FileFormatError(self.path, f"column '{name}' is truncated", name)
+        return np.frombuffer(data, dtype).reshape((stop - start,) + shape[1:])
+
+    def all(self, name: str) -> np.ndarray:
+        return self.rows(name, 0, self._column(name)[2][0]).copy()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
 
 
 def load_npz(path: str | os.PathLike, keys=None, check_json: bool = True) -> Arrays:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import sys
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -30,6 +30,28 @@ from metamodels.decompiler import weights as W
 from metamodels.zoo.stage import row
 
 SORT_GROUP = 16  # batches per length-sorting group
+
+
+class Split(Protocol):
+    """What training and evaluation read of a split: :class:`Examples` (in memory) or
+    :class:`metamodels.decompiler.tokens.TokenStore` (token shards, read on demand)."""
+
+    n_tokens: np.ndarray   # (n,) weight tokens per program
+    length: np.ndarray     # (n,) ops per program
+    skipped: dict
+
+    def __len__(self) -> int: ...
+
+    @property
+    def program_width(self) -> int: ...
+
+    @property
+    def programs(self) -> np.ndarray: ...
+
+    @property
+    def ids(self) -> list[str]: ...
+
+    def read(self, idx: Sequence[int]) -> dict[str, np.ndarray]: ...
 
 
 @dataclasses.dataclass
@@ -50,6 +72,22 @@ class Examples:
     @property
     def n_tokens(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @property
+    def program_width(self) -> int:
+        return int(self.programs.shape[1])
+
+    def read(self, idx: Sequence[int]) -> dict[str, np.ndarray]:
+        """Tokens of programs ``idx`` concatenated in that order (``features``, ``kind``,
+        ``layer``, ``index``) and their ``program`` rows; as
+        :meth:`metamodels.decompiler.tokens.TokenStore.read`."""
+        idx = np.asarray(idx, np.int64)
+        starts, counts = self.offsets[idx], np.diff(self.offsets)[idx]
+        pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        src = np.repeat(starts, counts) + pos
+        return {"features": self.features[src], "kind": self.kind[src],
+                "layer": self.layer[src], "index": self.index[src],
+                "program": self.programs[idx]}
 
 
 def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int,
@@ -112,29 +150,30 @@ def padded_length(n: int, edges: Sequence[int]) -> int:
     return int(-(-n // 8) * 8)  # longer than any training example (eval only)
 
 
-def make_batch(ex: Examples, idx: np.ndarray, edges: Sequence[int],
+def make_batch(ex: Split, idx: np.ndarray, edges: Sequence[int],
                batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Arrays of one batch; rows beyond len(idx) (up to batch_size) are padding (valid=0)."""
+    """Arrays of one batch; rows beyond len(idx) (up to batch_size) are padding (valid=0).
+
+    ``ex`` is an :class:`Examples` (in memory) or a
+    :class:`metamodels.decompiler.tokens.TokenStore` (read from disk); both give the same
+    arrays for the same programs."""
     b = batch_size or len(idx)
     n_tok = ex.n_tokens[idx]
     t = padded_length(int(n_tok.max()), edges)
-    f = ex.features.shape[1]
+    tok = ex.read(idx)
+    f = tok["features"].shape[1]
     out = {"features": np.zeros((b, t, f), np.float32),
            "kind": np.zeros((b, t), np.int32), "layer": np.zeros((b, t), np.int32),
            "index": np.zeros((b, t), np.int32), "mask": np.zeros((b, t), bool),
-           "program": np.zeros((b, ex.programs.shape[1]), np.int32),
+           "program": np.zeros((b, ex.program_width), np.int32),
            "valid": np.zeros(b, bool)}
-    # one gather for the whole batch: (row, position) <- token of the ragged store
-    starts, counts = ex.offsets[idx], n_tok
-    rows = np.repeat(np.arange(len(idx)), counts)
-    pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    src = np.repeat(starts, counts) + pos
-    out["features"][rows, pos] = ex.features[src]
-    out["kind"][rows, pos] = ex.kind[src]
-    out["layer"][rows, pos] = ex.layer[src]
-    out["index"][rows, pos] = ex.index[src]
+    # one scatter for the whole batch: (row, position) <- the idx-ordered tokens
+    rows = np.repeat(np.arange(len(idx)), n_tok)
+    pos = np.arange(int(n_tok.sum())) - np.repeat(np.cumsum(n_tok) - n_tok, n_tok)
+    for k in ("features", "kind", "layer", "index"):
+        out[k][rows, pos] = tok[k]
     out["mask"][rows, pos] = True
-    out["program"][:len(idx)] = ex.programs[idx]
+    out["program"][:len(idx)] = tok["program"]
     out["valid"][:len(idx)] = True
     return out
 
@@ -142,11 +181,11 @@ def make_batch(ex: Examples, idx: np.ndarray, edges: Sequence[int],
 class TrainOrder:
     """Which programs form the batch of each step (pure function of seed and step)."""
 
-    def __init__(self, ex: Examples, batch_size: int, seed: int):
+    def __init__(self, ex: Split, batch_size: int, seed: int):
         if len(ex) < batch_size:
             raise ValueError(f"training set has {len(ex)} programs < decompiler.train.batch_size "
                              f"= {batch_size}; lower the batch size or sample more programs")
-        self.n_tokens = ex.n_tokens
+        self.n_tokens = np.asarray(ex.n_tokens)
         self.n, self.batch_size, self.seed = len(ex), batch_size, seed
         self.per_epoch = self.n // batch_size
         self._cache: dict[int, list[np.ndarray]] = {}
@@ -172,7 +211,7 @@ class TrainOrder:
         return self.epoch(s // self.per_epoch)[s % self.per_epoch]
 
 
-def eval_batches(ex: Examples, batch_size: int, edges: Sequence[int],
+def eval_batches(ex: Split, batch_size: int, edges: Sequence[int],
                  subset: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, dict]]:
     """All (or `subset` of) programs in length order, in fixed-size padded batches."""
     idx = np.arange(len(ex)) if subset is None else np.asarray(subset)

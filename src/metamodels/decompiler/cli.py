@@ -1,8 +1,14 @@
-"""Verbs of the decompiler: train-decompiler, evaluate-decompiler, figure3, decompile."""
+"""Verbs of the decompiler: tokenize, train-decompiler, evaluate-decompiler, figure3, decompile."""
 
 from __future__ import annotations
 
 from metamodels.core.cli import add_params, file_errors, params_of
+
+
+def cmd_tokenize(args) -> None:
+    from metamodels.decompiler.tokens import tokenize_shard
+    d = params_of(args)["decompiler"]
+    tokenize_shard(d["input"], d["max_program_tokens"], args.input, args.out)
 
 
 def cmd_train_decompiler(args) -> None:
@@ -29,10 +35,20 @@ def cmd_decompile(args) -> None:
 
 def register(sub) -> None:
     """Declare the decompiler's verbs (rules/decompiler.smk, rules/variants.smk) and ``decompile``."""
+    p = sub.add_parser("tokenize", help="the decompiler's input tokens of one dataset or "
+                       "variant shard, as a token shard (read on demand by training)")
+    add_params(p)
+    p.add_argument("--input", required=True, help="zoo-format shard (data/dataset/..., "
+                   "data/variants/...)")
+    p.add_argument("--out", required=True, help="output token shard (.npz, uncompressed)")
+    p.set_defaults(func=cmd_tokenize, expected=file_errors)
+
     p = sub.add_parser("train-decompiler", help="stage 4: train the decompiler meta-model")
     add_params(p)
-    p.add_argument("--train", nargs="+", required=True, help="train split shards")
-    p.add_argument("--val", nargs="+", required=True, help="validation split shards")
+    p.add_argument("--train", nargs="+", required=True,
+                   help="train split: token shards (read on demand) or zoo-format shards "
+                        "(tokenized in memory)")
+    p.add_argument("--val", nargs="+", required=True, help="validation split shards (same kinds)")
     p.add_argument("--vocab", required=True)
     p.add_argument("--model", required=True, help="output model file (.npz)")
     p.add_argument("--history", required=True, help="output learning curve and run facts (JSON)")
@@ -44,7 +60,8 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate-decompiler", help="stage 5: score the decompiler on test")
     add_params(p)
     p.add_argument("--model", required=True)
-    p.add_argument("--test", nargs="+", required=True, help="test split shards")
+    p.add_argument("--test", nargs="+", required=True,
+                   help="test split: token shards or zoo-format shards")
     p.add_argument("--metrics", required=True, help="output metrics (JSON)")
     p.add_argument("--predictions", required=True, help="output per-program predictions (JSON)")
     p.add_argument("--reference", required=True, help="output table of tracr lib programs (CSV)")

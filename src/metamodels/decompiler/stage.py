@@ -18,6 +18,7 @@ import numpy as np
 from metamodels.core import shards as S
 from metamodels.decompiler import batches as B
 from metamodels.decompiler import weights as W
+from metamodels.decompiler.tokens import open_split
 from metamodels.rasp import lambdas as L
 from metamodels.rasp.tokenizer import Vocab
 
@@ -116,8 +117,8 @@ def run_train(params: Mapping, train_paths: Sequence[str], val_paths: Sequence[s
     cfg = {k: params["decompiler"][k] for k in TRAIN_KEYS}
     vocab = Vocab.load(vocab_path)
     t0 = time.perf_counter()
-    train = B.load_split(train_paths, cfg["input"], cfg["max_program_tokens"])
-    val = B.load_split(val_paths, cfg["input"], cfg["max_program_tokens"])
+    train = open_split(train_paths, cfg["input"], cfg["max_program_tokens"])
+    val = open_split(val_paths, cfg["input"], cfg["max_program_tokens"])
     load_s = time.perf_counter() - t0
     res = train_and_evaluate(cfg, workdir, train, val, vocab,
                              grammar=_grammar(vocab, _domain(params)))
@@ -146,7 +147,7 @@ def run_evaluate(params: Mapping, model_path: str, test_paths: Sequence[str],
     z = params["zoo"]
     model_params, cfg, vocab, edges = load_model(model_path)
     trainer = Trainer(cfg, vocab)
-    test = B.load_split(test_paths, cfg["input"], cfg["max_program_tokens"])
+    test = open_split(test_paths, cfg["input"], cfg["max_program_tokens"])
     domain = Domain(z["vocab"], z["max_seq_len"], vocab.tables)
     bs = cfg["train"]["eval_batch_size"]
     t0 = time.perf_counter()

@@ -87,7 +87,7 @@ class Trainer:
         return {"loss_sum": loss * w.sum(), "correct": correct.sum(), "tokens": w.sum(),
                 "row_correct": correct.sum(1), "row_tokens": w.sum(1)}
 
-    def teacher_forced(self, params, ex: B.Examples, edges, batch_size: int) -> dict:
+    def teacher_forced(self, params, ex: B.Split, edges, batch_size: int) -> dict:
         """Loss and token accuracy on every program; per-row counts in order of ex."""
         tot = {"loss_sum": 0.0, "correct": 0, "tokens": 0}
         row_c = np.zeros(len(ex), np.int64)
@@ -102,12 +102,12 @@ class Trainer:
                 "token_accuracy": float(tot["correct"] / max(tot["tokens"], 1)),
                 "row_correct": row_c, "row_tokens": row_t}
 
-    def decode(self, params, ex: B.Examples, edges, batch_size: int, grammar=None,
+    def decode(self, params, ex: B.Split, edges, batch_size: int, grammar=None,
                beam: int = 1, subset: np.ndarray | None = None) -> dict[int, np.ndarray]:
         """Free decoding: {program index: token ids (BOS ... EOS, PAD after)}."""
         enc = lambda b: self.encode(params, _device(b))  # noqa: E731
         logits = lambda m, wm, x: self.logits(params, m, wm, jnp.asarray(x))  # noqa: E731
-        max_len = ex.programs.shape[1]
+        max_len = ex.program_width
         out = {}
         for idx, batch in B.eval_batches(ex, batch_size, edges, subset):
             if beam > 1:
@@ -167,7 +167,7 @@ def _device(batch: Mapping[str, np.ndarray]) -> dict:
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
-def exact_matches(decoded: Mapping[int, np.ndarray], ex: B.Examples, pad: int) -> dict[int, bool]:
+def exact_matches(decoded: Mapping[int, np.ndarray], ex: B.Split, pad: int) -> dict[int, bool]:
     out = {}
     for i, seq in decoded.items():
         tgt = ex.programs[i]
@@ -175,7 +175,7 @@ def exact_matches(decoded: Mapping[int, np.ndarray], ex: B.Examples, pad: int) -
     return out
 
 
-def evaluate(trainer: Trainer, params, val: B.Examples, edges, t: Mapping, grammar,
+def evaluate(trainer: Trainer, params, val: B.Split, edges, t: Mapping, grammar,
              exact_subset: np.ndarray, step: int, losses: list) -> dict:
     """One learning-curve entry: validation loss, token and exact-program accuracy."""
     tf = trainer.teacher_forced(params, val, edges, t["eval_batch_size"])
@@ -194,8 +194,8 @@ def _manager(path: pathlib.Path):
             max_to_keep=2, create=True, enable_async_checkpointing=False))
 
 
-def train_and_evaluate(cfg: Mapping, workdir: str | pathlib.Path, train: B.Examples,
-                       val: B.Examples, vocab: Vocab, grammar=None,
+def train_and_evaluate(cfg: Mapping, workdir: str | pathlib.Path, train: B.Split,
+                       val: B.Split, vocab: Vocab, grammar=None,
                        stop_after: int | None = None,
                        log: Callable[[str], None] | None = None) -> dict:
     """Train (resuming from ``workdir`` when it holds a checkpoint of this config).
