@@ -84,16 +84,6 @@ def token_shards(split, source="dataset"):
     return [f"data/tokens/{source}/{split}/shard_{j:03d}.npz" for j in range(n)]
 
 
-def tokenize_params():
-    """JSON of what tokenizing depends on: decompiler.input less buckets, max_program_tokens."""
-    d = config["decompiler"]
-    return params_schema.sections(
-        {"decompiler": {"input": params_schema.tokenizer_input(d["input"]),
-                        "max_program_tokens": d["max_program_tokens"]},
-         "threads": config["threads"]},
-        decompiler=True, threads=["zoo"])
-
-
 CNN_ZOO_SHARDS = [f"{k:03d}" for k in range(config["cnn_zoo"]["shards"])]
 DETECTION_SETTINGS = detection_settings(config["detector"])
 

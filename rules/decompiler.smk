@@ -8,7 +8,7 @@ rule tokenize:  # one dataset or variant shard -> its weight tokens, read on dem
         "data/tokens/{source}/{split}/shard_{vshard}.npz",
     threads: threads_of("zoo")
     params:
-        cfg=tokenize_params(),
+        cfg=section_params(threads=["zoo"], decompiler=["input", "max_program_tokens"]),
     resources:
         **resources_of("tokenize"),
     conda:

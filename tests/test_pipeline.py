@@ -110,11 +110,9 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS, "tokenize": 4 + 2 * 4
     (lambda p: p["decompiler"]["train"].update(steps=7), DECOMPILER),
     (lambda p: p["decompiler"]["train"].update(learning_rate=0.002),
      {**DECOMPILER, **VARIANT_DECOMPILERS}),
-    # what a token is: every token shard is remade; the batch padding (buckets) is not one
+    # what a token is: every token shard is remade, and what reads them
     (lambda p: p["decompiler"]["input"].update(max_index=200),
      {**DECOMPILER, **VARIANT_DECOMPILERS, "tokenize": 4 + 2 * 4}),
-    (lambda p: p["decompiler"]["input"].update(buckets=3),
-     {**DECOMPILER, **VARIANT_DECOMPILERS}),
     # a rule's thread count is one of its params: its jobs rerun, the others stay
     (lambda p: p["threads"].update(cnn_zoo=2),
      {"cnn_zoo_shard": 2, "detect_backdoors": 3, "backdoor_report": 1, "figure2": 1,

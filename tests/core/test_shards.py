@@ -52,3 +52,42 @@ def test_atomic_write_removes_what_a_killed_writer_left(tmp_path):
     S.write_bytes(tmp_path / "x.npz", b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".y.npz.k1l2.tmp", "x.npz"]
     assert (tmp_path / "x.npz").read_bytes() == b"whole"
+
+
+def test_stored_columns_read_any_rows_of_an_uncompressed_npz(tmp_path):
+    import concurrent.futures
+    arrays = {"x": np.arange(60, dtype=np.float32).reshape(20, 3),
+              "big": np.arange(1 << 16, dtype=np.int64), "text": S.text_array(["a", "bcd"]),
+              "empty": np.zeros((0, 4), np.int32)}
+    S.save_npz(tmp_path / "a.npz", arrays, compress=False)
+    S.save_npz(tmp_path / "b.npz", arrays, compress=False)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    z = np.load(tmp_path / "a.npz")
+    assert all(np.array_equal(z[k], v) for k, v in arrays.items())
+    cols = S.StoredColumns(tmp_path / "a.npz")
+    assert cols.shape("x") == (20, 3) and cols.shape("empty") == (0, 4)
+    assert np.array_equal(cols.rows("x", 5, 9), arrays["x"][5:9])
+    assert np.array_equal(cols.all("text"), arrays["text"])
+    # many threads reading at once (the training prefetcher reads beside the main thread)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: cols.rows("big", i * 1000, i * 1000 + 7), range(60)))
+    assert all(np.array_equal(g, arrays["big"][i * 1000:i * 1000 + 7]) for i, g in enumerate(got))
+    with pytest.raises(S.FileFormatError, match="outside its 20 rows"):
+        cols.rows("x", 18, 21)
+    with pytest.raises(S.FileFormatError, match="no 'y' column"):
+        cols.rows("y", 0, 1)
+    cols.close()
+
+
+def test_stored_columns_refuse_compressed_truncated_and_missing_files(tmp_path):
+    arrays = {"x": np.arange(1000, dtype=np.float32)}
+    S.save_npz(tmp_path / "deflated.npz", arrays)
+    with pytest.raises(S.FileFormatError, match="'x' is compressed"):
+        S.StoredColumns(tmp_path / "deflated.npz")
+    S.save_npz(tmp_path / "stored.npz", arrays, compress=False)
+    data = (tmp_path / "stored.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(S.FileFormatError, match="cut.npz: truncated or corrupt"):
+        S.StoredColumns(tmp_path / "cut.npz")
+    with pytest.raises(S.FileFormatError, match="missing.npz"):
+        S.StoredColumns(tmp_path / "missing.npz")

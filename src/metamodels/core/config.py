@@ -240,13 +240,6 @@ def load(path: str | pathlib.Path = "params.yaml", check_paths: bool = False) ->
 # What some params mean, read by the rules at parse time (rules/common.smk) as well as by the
 # stages: kept here, where importing costs no NumPy, JAX or tracr (every Snakemake start).
 
-def tokenizer_input(input_cfg: Mapping[str, Any]) -> dict:
-    """The ``decompiler.input`` keys that decide a model's weight tokens (all but
-    ``buckets``, which only pads batches): what a token shard is made with and checked
-    against, so that editing ``buckets`` does not retokenize."""
-    return {k: v for k, v in input_cfg.items() if k != "buckets"}
-
-
 def distill_ratio(distill: Mapping[str, Any], kind: str) -> float:
     """``variants.distill.ratio`` for students of `kind`: one number for both kinds, or one
     per kind (``{compressed: 0.8, natural: 0.5}``)."""

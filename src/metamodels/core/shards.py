@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import tempfile
+import threading
 import zipfile
 import zlib
 from typing import Any, Iterator, Mapping
@@ -191,6 +192,7 @@ class StoredColumns:
         self.path = str(path)
         self.columns: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
         self._fd: int | None = None
+        self._lock = threading.Lock()
         try:
             with open(self.path, "rb") as f, zipfile.ZipFile(f) as zf:
                 for info in zf.infolist():
@@ -238,8 +240,9 @@ class StoredColumns:
             raise FileFormatError(self.path, f"rows {start}:{stop} of column '{name}' are "
                                   f"outside its {shape[0]} rows", name)
         n = (stop - start) * inner * dtype.itemsize
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
         data = os.pread(self._fd, n, offset + start * inner * dtype.itemsize)
         if len(data) != n:
             raise FileFormatError(self.path, f"column '{name}' is truncated", name)
@@ -249,7 +252,7 @@ class StoredColumns:
         return self.rows(name, 0, self._column(name)[2][0]).copy()
 
     def close(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
 

@@ -45,11 +45,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from metamodels.core import shards as S
-from metamodels.core.config import tokenizer_input
 from metamodels.decompiler import weights as W
 
 FORMAT = "metamodels token shard 1"
 TAGS = ("kind", "layer", "index")
+
+
+def tokenizer_input(input_cfg: Mapping) -> dict:
+    """The ``decompiler.input`` keys that decide a model's weight tokens: all but ``buckets``,
+    which only pads batches. What a token shard records and is checked against, so a shard
+    stays usable after an edit of ``buckets``."""
+    return {k: v for k, v in input_cfg.items() if k != "buckets"}
 
 
 def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: str,

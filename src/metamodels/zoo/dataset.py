@@ -129,6 +129,7 @@ def run_split(params: Mapping, shard_paths: list[str], vocab_path: str, outdir: 
         summary["splits"][split] = {"programs": len(lengths), "shards": d["shards"][split],
                                     "by_length": {str(n): lengths.count(n)
                                                   for n in sorted(set(lengths))}}
+    created = not os.path.exists(outdir)
     os.makedirs(outdir, exist_ok=True)
     for stale in glob.glob(os.path.join(glob.escape(outdir), SPILL_PREFIX + "*")):
         shutil.rmtree(stale, ignore_errors=True)  # a killed run's (one split per outdir)
@@ -149,6 +150,8 @@ def run_split(params: Mapping, shard_paths: list[str], vocab_path: str, outdir: 
             print(f"[split] wrote {target}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+        if created and not os.listdir(outdir):  # failed before writing anything
+            os.rmdir(outdir)
     S.write_json(f"{outdir}/summary.json", summary)
     print(f"[split] {json.dumps(summary['splits'])}", file=sys.stderr)
     return summary
@@ -212,7 +215,11 @@ def _plan(shard_paths: list[str], d: Mapping, ref_ids: Mapping[tuple, str]) -> _
     n_in = n_dup = 0
     matched_refs: list[str] = []
     for k, path in enumerate(shard_paths):
-        arrays = S.load_npz(path, keys=["tokens", "length"] + [f"{c}_offsets" for c in RAGGED])
+        # every column but the weights: a damaged or malformed file (a JSON column that does
+        # not parse, a missing column) fails here, before anything is written; the text
+        # columns are dropped with the shard
+        arrays = S.load_npz(path, keys=[c for c in ("tokens", *COLUMNS)]
+                            + [f"{c}_offsets" for c in RAGGED])
         offsets.append({c: arrays[f"{c}_offsets"] for c in RAGGED})
         off = arrays["tokens_offsets"]
         for i in range(len(arrays["length"])):
