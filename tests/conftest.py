@@ -11,8 +11,7 @@ import tempfile
 
 import pytest
 
-from metamodels.core import config
-from metamodels.core import jaxcache
+from metamodels.core import config, jaxcache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,6 +22,9 @@ if jaxcache.ENV not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="metamodels-jax-cache-")
     os.environ[jaxcache.ENV] = _CACHE
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# ... and on in the test processes themselves, where tests compile the same functions again
+# (each training run builds its own jitted step; only compiled executables are cached).
+jaxcache.enable()
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,9 @@ from metamodels.decompiler import batches as B
 from metamodels.decompiler import decode as D
 from metamodels.decompiler import stage as decompiler
 from metamodels.decompiler.metrics import Domain, judge, summarize
+from metamodels.decompiler.tokens import TokenStore
 from metamodels.decompiler.train import Trainer, train_and_evaluate
 from metamodels.rasp import lambdas as L
-from metamodels.decompiler.tokens import TokenStore
 from metamodels.rasp.tokenizer import Vocab
 from metamodels.zoo import dataset
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from metamodels.core import shards as S
 from metamodels.decompiler import weights as W
-from metamodels.zoo.stage import row
+from metamodels.zoo.rows import row
 
 SORT_GROUP = 16  # batches per length-sorting group
 

@@ -66,7 +66,7 @@ def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: st
     ``decompiler.max_program_tokens`` (seed 001 App. B.2). Returns the ``shard_json`` record.
     Raises :class:`~metamodels.core.shards.FileFormatError` naming ``dataset_path`` when it is
     not a zoo-format shard."""
-    from metamodels.zoo.stage import row
+    from metamodels.zoo.rows import row
     arrays = S.load_npz(dataset_path)
     blobs, tags, progs, lengths, rows = [], {t: [] for t in TAGS}, [], [], []
     skipped: collections.Counter = collections.Counter()

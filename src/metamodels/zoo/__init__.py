@@ -9,6 +9,7 @@ Stages (rules/zoo.smk):  vocab -> sample (per shard) -> compile_shard (per shard
 ``forward``   the compiled model's forward pass in NumPy (verification and decoding).
 ``workers``   compile worker processes with a timeout and a memory cap per program.
 ``dataset``   deduplication and the train/val/test split (``data/dataset/``).
+``rows``      one row of a zoo-format shard as a dict (no tracr or JAX import).
 ``user_program``  users' own programs (``compile``): tracr's validators up front, the user's
               expressions named, verification against the user's program, diagnosis.
 

@@ -31,6 +31,7 @@ from metamodels.rasp.tokenizer import Vocab
 from metamodels.rasp.tokenizer import encode as encode_tokens
 from metamodels.zoo.compiler import CompiledModel, compile_program
 from metamodels.zoo.forward import encode, forward_ids
+from metamodels.zoo.rows import row, shard_programs  # noqa: F401 (re-exported)
 from metamodels.zoo.workers import run_tasks
 
 FORMAT_VERSION = 1
@@ -272,29 +273,6 @@ def pack(kept: list[dict], vocab: Vocab) -> dict[str, np.ndarray]:
         "layout_json": S.json_array(layouts),
         "meta_json": S.json_array(metas),
     }
-
-
-def shard_programs(arrays: Mapping[str, np.ndarray]) -> int:
-    return int(arrays["length"].shape[0])
-
-
-def row(arrays: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
-    """One program of a loaded shard as a dict (tokens, weights, layout, meta...).
-
-    Raises shards.FileFormatError when the row's offsets point outside its columns."""
-    t0, t1 = arrays["tokens_offsets"][i:i + 2]
-    w0, w1 = arrays["weights_offsets"][i:i + 2]
-    for name, (a, b), column in (("tokens", (t0, t1), "tokens_offsets"),
-                                 ("weights", (w0, w1), "weights_offsets")):
-        if not 0 <= a <= b <= arrays[name].size:
-            raise S.FileFormatError(getattr(arrays, "path", "<arrays>"), f"column '{column}' row "
-                                    f"{i} points outside '{name}' (truncated or damaged file)",
-                                    column)
-    return {"tokens": arrays["tokens"][t0:t1], "weights": arrays["weights"][w0:w1],
-            "program": json.loads(str(arrays["program_json"][i])),
-            "source": str(arrays["source"][i]),
-            "layout": json.loads(str(arrays["layout_json"][i])),
-            "meta": json.loads(str(arrays["meta_json"][i]))}
 
 
 def model_of(arrays: Mapping[str, np.ndarray], i: int) -> CompiledModel:
