@@ -266,6 +266,6 @@ def train_and_evaluate(cfg: Mapping, workdir: str | pathlib.Path, train: B.Split
                 losses = []
                 save(done)  # at every evaluation, so a resumed history is exact
     timing["train_s"] = time.perf_counter() - t0 - timing["eval_s"]
-    timing["steps"] = max(0, min(steps, stop_after or steps) - start)
+    timing["steps"] = max(0, end - start)
     mngr.close()
     return {"params": params, "history": history, "edges": edges, "timing": timing}
