@@ -90,6 +90,22 @@ class Examples:
                 "program": self.programs[idx]}
 
 
+def example(r: Mapping, input_cfg: Mapping, max_program_tokens: int, pad_id: int = 0):
+    """One zoo row (:func:`metamodels.zoo.rows.row`) as an example: ``(WeightTokens, program
+    tokens PAD-filled to max_program_tokens)``, or ``(reason, None)`` when it does not fit:
+    ``"program_too_long"`` or ``"weights_too_large"`` (the skip counts' keys)."""
+    tokens = r["tokens"]
+    if len(tokens) > max_program_tokens:
+        return "program_too_long", None
+    try:
+        t = W.tokenize(r["weights"], r["layout"], input_cfg)
+    except W.InputTooLarge:
+        return "weights_too_large", None
+    p = np.full(max_program_tokens, pad_id, np.int32)
+    p[:len(tokens)] = tokens
+    return t, p
+
+
 def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int,
                pad_id: int = 0, limit: int | None = None) -> Examples:
     feats, kinds, layers, index, progs, lengths, ids = [], [], [], [], [], [], []
@@ -100,21 +116,14 @@ def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int
             if limit is not None and len(progs) >= limit:
                 break
             r = row(arrays, i)
-            tokens = r["tokens"]
-            if len(tokens) > max_program_tokens:
-                skipped["program_too_long"] += 1
-                continue
-            try:
-                t = W.tokenize(r["weights"], r["layout"], input_cfg)
-            except W.InputTooLarge:
-                skipped["weights_too_large"] += 1
+            t, p = example(r, input_cfg, max_program_tokens, pad_id)
+            if isinstance(t, str):
+                skipped[t] += 1
                 continue
             feats.append(t.features)
             kinds.append(t.kind)
             layers.append(t.layer)
             index.append(t.index)
-            p = np.full(max_program_tokens, pad_id, np.int32)
-            p[:len(tokens)] = tokens
             progs.append(p)
             lengths.append(int(r["meta"]["length"]))
             ids.append(f"{path}:{i}")

@@ -66,6 +66,7 @@ def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: st
     ``decompiler.max_program_tokens`` (seed 001 App. B.2). Returns the ``shard_json`` record.
     Raises :class:`~metamodels.core.shards.FileFormatError` naming ``dataset_path`` when it is
     not a zoo-format shard."""
+    from metamodels.decompiler.batches import example
     from metamodels.zoo.rows import row
     arrays = S.load_npz(dataset_path)
     blobs, tags, progs, lengths, rows = [], {t: [] for t in TAGS}, [], [], []
@@ -73,21 +74,14 @@ def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: st
     n = int(arrays["length"].shape[0])
     for i in range(n):
         r = row(arrays, i)
-        tokens = r["tokens"]
-        if len(tokens) > max_program_tokens:
-            skipped["program_too_long"] += 1
-            continue
-        try:
-            t = W.tokenize(r["weights"], r["layout"], input_cfg)
-        except W.InputTooLarge:
-            skipped["weights_too_large"] += 1
+        t, p = example(r, input_cfg, max_program_tokens, pad_id)
+        if isinstance(t, str):
+            skipped[t] += 1
             continue
         blobs.append(np.frombuffer(
             zlib.compress(np.ascontiguousarray(t.features, "<f4").tobytes(), 6), np.uint8))
         for k in TAGS:
             tags[k].append(getattr(t, k))
-        p = np.full(max_program_tokens, pad_id, np.int32)
-        p[:len(tokens)] = tokens
         progs.append(p)
         lengths.append(int(r["meta"]["length"]))
         rows.append(i)
