@@ -18,7 +18,7 @@ import numpy as np
 from metamodels.core import shards as S
 from metamodels.decompiler import batches as B
 from metamodels.decompiler import weights as W
-from metamodels.decompiler.tokens import open_split
+from metamodels.decompiler.tokens import TokenStore, open_split
 from metamodels.rasp import lambdas as L
 from metamodels.rasp.tokenizer import Vocab
 
@@ -120,6 +120,11 @@ def run_train(params: Mapping, train_paths: Sequence[str], val_paths: Sequence[s
     train = open_split(train_paths, cfg["input"], cfg["max_program_tokens"])
     val = open_split(val_paths, cfg["input"], cfg["max_program_tokens"])
     load_s = time.perf_counter() - t0
+    for name, split, paths in (("train", train, train_paths), ("val", val, val_paths)):
+        kind = "token shards, read on demand" if isinstance(split, TokenStore) else \
+            "zoo-format shards, tokenized in memory"
+        print(f"[train] {name}: {len(split)} programs from {len(paths)} {kind} "
+              f"({paths[0]}, ...), skipped {split.skipped}", file=sys.stderr, flush=True)
     res = train_and_evaluate(cfg, workdir, train, val, vocab,
                              grammar=_grammar(vocab, _domain(params)))
     save_model(model_out, res["params"], dict(cfg, domain=_domain(params)), vocab, res["edges"])
