@@ -32,15 +32,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def paper_params() -> dict:
     """params.yaml with params/paper.yaml merged over it (as ``--configfile`` does)."""
-    out = yaml.safe_load((ROOT / "params.yaml").read_text())
-
-    def merge(a, b):
-        for k, v in b.items():
-            if isinstance(v, dict) and isinstance(a.get(k), dict):
-                merge(a[k], v)
-            else:
-                a[k] = v
-    merge(out, yaml.safe_load((ROOT / "params" / "paper.yaml").read_text()))
+    out = C.merged(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                   yaml.safe_load((ROOT / "params" / "paper.yaml").read_text()))
     C.validate(out, "params.yaml + params/paper.yaml", check_paths=False)
     return out
 

@@ -62,13 +62,8 @@ def test_cli_reports_bad_params(tmp_path, capsys):
 def test_params_files_are_valid_over_the_defaults(name):
     import yaml
 
-    def merge(a, b):  # snakemake --configfile merges nested sections the same way
-        for k, v in b.items():
-            a[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
-
     root = pathlib.Path(__file__).resolve().parents[2]
-    p = merge(yaml.safe_load((root / "params.yaml").read_text()),
+    p = config.merged(yaml.safe_load((root / "params.yaml").read_text()),
               yaml.safe_load((root / "params" / f"{name}.yaml").read_text()))
     config.validate(p, f"params/{name}.yaml")
     if name == "paper":

@@ -3,12 +3,12 @@ grow with the params they are computed from, and a GPU cap or a retry changes th
 
 from __future__ import annotations
 
-import copy
 import pathlib
 
 import pytest
 import yaml
 
+from metamodels.core import config
 from metamodels.core import resources as R
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -19,16 +19,7 @@ WILDCARDS = {"variant_shard": {"variant": "natural", "split": "train", "vshard":
 
 
 def merged(over: dict) -> dict:
-    out = copy.deepcopy(DEFAULT)
-
-    def merge(a, b):
-        for k, v in b.items():
-            if isinstance(v, dict) and isinstance(a.get(k), dict):
-                merge(a[k], v)
-            else:
-                a[k] = v
-    merge(out, over)
-    return out
+    return config.merged(DEFAULT, over)
 
 
 PAPER = merged(yaml.safe_load((ROOT / "params" / "paper.yaml").read_text()))

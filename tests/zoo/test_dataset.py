@@ -94,15 +94,20 @@ def synthetic_shard(path: pathlib.Path, token_rows: list[list[int]], rng: np.ran
     S.save_npz(path, arrays)
 
 
+def vocab_file(params: Mapping, d: pathlib.Path) -> tuple[Vocab, pathlib.Path]:
+    """The params' program vocabulary, and the file `split` reads it from."""
+    vocab = Vocab.from_params(params)
+    S.write_bytes(d / "vocab.json", vocab.dumps().encode())
+    return vocab, d / "vocab.json"
+
+
 @pytest.fixture()
 def zoo(params, tmp_path):
     """Five synthetic input shards with duplicates (within a shard and across shards), a
     reference program, an empty shard, and a shard whose dtypes differ from the first's."""
     params["dataset"]["shards"] = {"train": 3, "val": 2, "test": 2}
     params["dataset"]["split"] = {"train": 0.6, "val": 0.2, "test": 0.2}
-    vocab = Vocab.from_params(params)
-    vocab_path = tmp_path / "vocab.json"
-    S.write_bytes(vocab_path, vocab.dumps().encode())
+    vocab, vocab_path = vocab_file(params, tmp_path)
     rng = np.random.default_rng(0)
     ref = list(vocab.ids(next(iter(D.reference_programs(params).values()))))
 
@@ -217,9 +222,7 @@ def test_peak_memory_does_not_grow_with_the_zoo(params, tmp_path):
     split did, takes more than all of them (measured: 1.2)."""
     params["dataset"]["split"] = {"train": 0.5, "val": 0.25, "test": 0.25}
     params["dataset"]["shards"] = {"train": 16, "val": 8, "test": 8}
-    vocab = Vocab.from_params(params)
-    vocab_path = tmp_path / "vocab.json"
-    S.write_bytes(vocab_path, vocab.dumps().encode())
+    vocab, vocab_path = vocab_file(params, tmp_path)
     rng = np.random.default_rng(1)
     paths, weight_bytes = [], 0
     for k in range(32):

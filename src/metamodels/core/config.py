@@ -11,6 +11,7 @@ the key.
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 from typing import Any, Mapping
@@ -239,6 +240,16 @@ def load(path: str | pathlib.Path = "params.yaml", check_paths: bool = False) ->
 
 # What some params mean, read by the rules at parse time (rules/common.smk) as well as by the
 # stages: kept here, where importing costs no NumPy, JAX or tracr (every Snakemake start).
+
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+    """``over`` merged into a copy of ``base``, section by section, as Snakemake's
+    ``--configfile`` merges a params file over params.yaml (e.g. params/paper.yaml)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = (merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+                  else copy.deepcopy(v))
+    return out
+
 
 def distill_ratio(distill: Mapping[str, Any], kind: str) -> float:
     """``variants.distill.ratio`` for students of `kind`: one number for both kinds, or one
