@@ -78,6 +78,12 @@ def dataset_shards():
     ]
 
 
+def zoo_shards(split):
+    """The dataset's zoo-format shards of one split (weights, layouts, programs)."""
+    n = config["dataset"]["shards"][split]
+    return [f"data/dataset/{split}/shard_{j:03d}.npz" for j in range(n)]
+
+
 def token_shards(split, source="dataset"):
     """The decompiler's token shards of one split of the dataset (or of variants/VARIANT)."""
     n = config["dataset"]["shards"][split]

@@ -63,6 +63,7 @@ rule evaluate_decompiler:
     input:
         model="models/decompiler.npz",
         test=token_shards("test"),
+        models=zoo_shards("test"),
     output:
         metrics=report(
             "results/metrics/decompiler.json",
@@ -81,10 +82,11 @@ rule evaluate_decompiler:
     params:
         cfg=section_params(
             threads=["evaluate"],
-            zoo=["vocab", "max_seq_len"],
+            zoo=["seed", "vocab", "max_seq_len"],
             sampler=["map_constants"],
             compile=["mlp_exactness"],
-            decompiler=["evaluate"],
+            verify=["exhaustive_limit", "samples", "atol", "min_compared"],
+            decompiler=["evaluate", "search"],
         ),
     resources:
         **resources_of("evaluate_decompiler"),
@@ -97,7 +99,8 @@ rule evaluate_decompiler:
         "logs/benchmarks/decompiler/evaluate.tsv"
     shell:
         "python -m metamodels evaluate-decompiler --config {params.cfg:q} --model {input.model}"
-        " --test {input.test} --metrics {output.metrics} --predictions {output.predictions}"
+        " --test {input.test} --models {input.models} --metrics {output.metrics}"
+        " --predictions {output.predictions}"
         " --reference {output.reference} --timing {log.timing} 2> {log.stderr}"
 
 

@@ -56,6 +56,7 @@ rule evaluate_variant_decompiler:
     input:
         model="models/variants/{variant}/decompiler.npz",
         test=lambda w: token_shards("test", f"variants/{w.variant}"),
+        models=lambda w: variant_shards(w.variant, "test"),
     output:
         metrics="results/variants/{variant}/metrics.json",
         predictions="results/variants/{variant}/test_predictions.json",
@@ -64,10 +65,11 @@ rule evaluate_variant_decompiler:
     params:
         cfg=section_params(
             threads=["evaluate"],
-            zoo=["vocab", "max_seq_len"],
+            zoo=["seed", "vocab", "max_seq_len"],
             sampler=["map_constants"],
             compile=["mlp_exactness"],
-            decompiler=["evaluate"],
+            verify=["exhaustive_limit", "samples", "atol", "min_compared"],
+            decompiler=["evaluate", "search"],
         ),
     resources:
         **resources_of("evaluate_variant_decompiler"),
@@ -80,7 +82,8 @@ rule evaluate_variant_decompiler:
         "logs/benchmarks/variants/{variant}/evaluate.tsv"
     shell:
         "python -m metamodels evaluate-decompiler --config {params.cfg:q} --model {input.model}"
-        " --test {input.test} --metrics {output.metrics} --predictions {output.predictions}"
+        " --test {input.test} --models {input.models} --metrics {output.metrics}"
+        " --predictions {output.predictions}"
         " --reference {output.reference} --timing {log.timing} 2> {log.stderr}"
 
 

@@ -98,15 +98,17 @@ def test_model_file_round_trip_and_beam_of_one_is_greedy(trained):
     greedy = trainer.decode(p, test, edges, 8, grammar)
     beam1 = trainer.decode(p, test, edges, 8, grammar, beam=1)
     assert all(np.array_equal(greedy[i], beam1[i]) for i in greedy)
-    # the beam search itself with width 1 follows the argmax path
+    # the beam search itself: width 1 follows the argmax path; wider beams are ranked best
+    # first and finish through the grammar
     idx, batch = next(B.eval_batches(test, 8, edges))
-    enc = lambda b: trainer.encode(p, {k: np.asarray(v) for k, v in b.items()})  # noqa: E731
-    logit = lambda m, wm, x: trainer.logits(p, m, wm, x)  # noqa: E731
-    args = (enc, logit, batch, cfg["max_program_tokens"], trainer.bos, trainer.eos, trainer.pad)
+    cached = trainer.cached.bind(p)
+    args = (cached, batch, cfg["max_program_tokens"], trainer.bos, trainer.eos, trainer.pad)
     np.testing.assert_array_equal(D.beam(*args, 1, grammar), D.greedy(*args, grammar))
-    wide = D.beam(*args, 3, grammar)
-    assert wide.shape == (8, cfg["max_program_tokens"])
-    assert all(grammar.is_complete(row.tolist()) for row in wide[:len(idx)])
+    seqs, scores = D.ranked(*args, 3, grammar)
+    assert seqs.shape == (8, 3, cfg["max_program_tokens"]) and scores.shape == (8, 3)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    finished = seqs[:len(idx)][np.isfinite(scores[:len(idx)])]
+    assert len(finished) and all(grammar.is_complete(row.tolist()) for row in finished)
 
 
 def test_evaluate_writes_metrics_and_constrained_outputs_are_wellformed(trained):
@@ -125,6 +127,18 @@ def test_evaluate_writes_metrics_and_constrained_outputs_are_wellformed(trained)
     # constrained decoding: every output parses; tracr's assembler may still refuse a few
     assert all(p["wellformed"] or "value size" in (p["error"] or "") for p in preds)
     assert saved["test_exact_accuracy"] == np.mean([p["exact"] for p in preds])
+    # the verified search: a verified program matches its certificate and is counted
+    ver = [p for p in preds if p["verified"]]
+    assert saved["test_verified_accuracy"] == len(ver) / len(preds)
+    assert sum(saved["verified_search"]["rank_histogram"].values()) == len(ver)
+    for p in preds:
+        c = p["certificate"]
+        assert c["tried"] <= c["candidates"] <= params["decompiler"]["search"]["candidates"]
+        if p["verified"]:
+            assert 1 <= c["rank"] <= c["tried"] and c["exhaustive"] and c["positions"] > 0
+            assert c["identical_weights"] is not None
+        else:
+            assert p["verified_program"] == "" and c["rank"] is None and c["reason"]
     ref = (d / "ref.csv").read_text().splitlines()
     assert ref[0].startswith("program,length,exact")
     assert len(ref) - 1 == len(dataset.reference_programs(params))

@@ -20,7 +20,7 @@ def cmd_train_decompiler(args) -> None:
 def cmd_evaluate_decompiler(args) -> None:
     from metamodels.decompiler.stage import run_evaluate
     run_evaluate(params_of(args), args.model, args.test, args.metrics, args.predictions,
-                 args.reference, args.timing)
+                 args.reference, args.timing, models=args.models)
 
 
 def cmd_figure3(args) -> None:
@@ -30,7 +30,14 @@ def cmd_figure3(args) -> None:
 
 def cmd_decompile(args) -> None:
     from metamodels.decompiler.stage import decompile_file
-    print(decompile_file(args.model, args.weights, args.index, args.beam, args.force), end="")
+    params = params_of(args)
+    search = dict(params["decompiler"]["search"])
+    if args.candidates is not None:
+        search["candidates"] = args.candidates
+    if args.seconds is not None:
+        search["seconds"] = args.seconds
+    params = dict(params, decompiler=dict(params["decompiler"], search=search))
+    print(decompile_file(args.model, args.weights, params, args.index, args.force), end="")
 
 
 def register(sub) -> None:
@@ -62,6 +69,10 @@ def register(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--test", nargs="+", required=True,
                    help="test split: token shards or zoo-format shards")
+    p.add_argument("--models", nargs="+",
+                   help="the zoo-format shards the test programs' models come from (the "
+                        "verified search runs each model's forward pass); default: those "
+                        "the test shards name")
     p.add_argument("--metrics", required=True, help="output metrics (JSON)")
     p.add_argument("--predictions", required=True, help="output per-program predictions (JSON)")
     p.add_argument("--reference", required=True, help="output table of tracr lib programs (CSV)")
@@ -74,11 +85,16 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_figure3)
 
-    p = sub.add_parser("decompile", help="print the RASP program recovered from a weights file")
+    p = sub.add_parser("decompile", help="print the RASP program recovered from a weights "
+                       "file, and whether it is verified against the model's own outputs")
     p.add_argument("weights", help="zoo-format weights file (.npz), e.g. from `compile`")
     p.add_argument("--model", default="models/decompiler.npz", help="trained decompiler")
     p.add_argument("--index", type=int, default=0, help="row of the weights file")
-    p.add_argument("--beam", type=int, default=1, help="beam width")
+    add_params(p)
+    p.add_argument("--candidates", type=int, help="programs the verified search checks "
+                   "against the model, best first (default: decompiler.search.candidates)")
+    p.add_argument("--seconds", type=float, help="time limit of the search per model "
+                   "(default: decompiler.search.seconds)")
     p.add_argument("--force", action="store_true",
                    help="decompile a model from another input domain (vocab, max_seq_len) than "
                         "the decompiler's training domain, with a warning, instead of refusing")

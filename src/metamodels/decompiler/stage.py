@@ -9,6 +9,7 @@ weight-token bucket lengths), so they load with ``numpy.load`` alone.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Mapping, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 
 from metamodels.core import shards as S
 from metamodels.decompiler import batches as B
+from metamodels.decompiler import search as SE
 from metamodels.decompiler import weights as W
 from metamodels.decompiler.tokens import TokenStore, open_split
 from metamodels.rasp import lambdas as L
@@ -143,7 +145,14 @@ def run_train(params: Mapping, train_paths: Sequence[str], val_paths: Sequence[s
 
 def run_evaluate(params: Mapping, model_path: str, test_paths: Sequence[str],
                  metrics_out: str, predictions_out: str, reference_out: str,
-                 timing_out: str | None = None) -> dict:
+                 timing_out: str | None = None, models: Sequence[str] | None = None) -> dict:
+    """Score a trained decompiler on the test split (token or zoo-format shards): teacher-
+    forced loss and token accuracy, greedy (constrained and not) and beam decoding judged
+    exact / functional / well-formed against the labels, and the verified search
+    (:mod:`metamodels.decompiler.search`), which checks candidates against each test
+    program's input model, read from ``models`` (the zoo-format shards the test rows come
+    from; default: the paths their ids name). Writes metrics, per-program predictions and
+    the tracr reference-program table."""
     from metamodels.decompiler.metrics import Domain, judge, summarize
     from metamodels.decompiler.train import Trainer
     from metamodels.zoo.dataset import reference_programs
@@ -179,13 +188,29 @@ def run_evaluate(params: Mapping, model_path: str, test_paths: Sequence[str],
         print(f"[evaluate] {name}: exact {results[name]['exact_accuracy']:.3f} functional "
               f"{results[name]['functional_equivalence']:.3f} wellformed "
               f"{results[name]['wellformed']:.3f}", file=sys.stderr, flush=True)
+    t1 = time.perf_counter()
+    found = verified_search(params, trainer, model_params, cfg, vocab, edges, test, grammar,
+                            models)
+    timing["verified_search_s"] = round(time.perf_counter() - t1, 3)
+    exact_of = [SE.is_exact(r, vocab.strs(test.programs[i].tolist()))
+                for i, r in enumerate(found)]
+    searched = SE.summarize(found, exact_of, test.length)
+    print(f"[evaluate] verified search ({params['decompiler']['search']['candidates']} "
+          f"candidates): verified {searched['verified_accuracy']:.3f}, of them exact "
+          f"{searched['verified_exact']:.3f}", file=sys.stderr, flush=True)
     main = results[primary]
+    for k, e in main["by_length"].items():
+        e["verified_accuracy"] = searched["by_length"][k]["verified_accuracy"]
     metrics = {
         "test_programs": len(test),
         "test_exact_accuracy": main["exact_accuracy"],
         "test_token_accuracy": tf["token_accuracy"],
         "test_functional_equivalence": main["functional_equivalence"],
         "test_wellformed": main["wellformed"],
+        "test_verified_accuracy": searched["verified_accuracy"],
+        "verified_search": dict({k: v for k, v in searched.items() if k != "by_length"},
+                                candidates=params["decompiler"]["search"]["candidates"],
+                                seconds=params["decompiler"]["search"]["seconds"]),
         "test_loss": tf["loss"],
         "decoding": primary,
         "by_length": main["by_length"],
@@ -201,12 +226,16 @@ def run_evaluate(params: Mapping, model_path: str, test_paths: Sequence[str],
                       "target": " ".join(_trim(vocab.strs(test.programs[i].tolist()))),
                       "predicted": " ".join(_trim(vocab.strs(decoded[i].tolist()))),
                       "exact": verdicts[i].exact, "functional": verdicts[i].functional,
-                      "wellformed": verdicts[i].wellformed, "error": verdicts[i].error})
+                      "wellformed": verdicts[i].wellformed, "error": verdicts[i].error,
+                      "verified": found[i].verified,
+                      "verified_program": " ".join(found[i].tokens) if found[i].verified else "",
+                      "certificate": found[i].certificate()})
     S.write_json(predictions_out, {"decoding": primary, "predictions": preds})
     rows = _reference_rows(reference_programs(params), params, trainer, model_params, cfg,
                            vocab, edges, domain)
     S.write_bytes(reference_out, S.csv_text(rows, REFERENCE_FIELDS).encode())
-    metrics["reference_programs"] = {r["program"]: r["exact"] for r in rows}
+    metrics["reference_programs"] = {r["program"]: {"exact": r["exact"], "verified": r["verified"]}
+                                     for r in rows}
     S.write_json(metrics_out, metrics)
     if timing_out:
         S.write_json(timing_out, dict(timing, evaluate_s=round(time.perf_counter() - t0, 3)))
@@ -218,13 +247,15 @@ def _trim(tokens: list[str]) -> list[str]:
     return strip(tokens)
 
 
-REFERENCE_FIELDS = ["program", "length", "exact", "functional", "wellformed", "target",
-                    "predicted", "note"]
+REFERENCE_FIELDS = ["program", "length", "exact", "functional", "wellformed", "verified",
+                    "verified_rank", "identical_weights", "target", "predicted",
+                    "verified_program", "note"]
 
 
 def _reference_rows(refs: Mapping[str, tuple], params, trainer, model_params, cfg, vocab,
                     edges, domain) -> list[dict]:
-    """Compile every expressible tracr lib example, decompile them (one batch), judge."""
+    """Compile every expressible tracr lib example, decompile them (greedy and verified
+    search, one batch each), judge."""
     from metamodels.decompiler.metrics import judge
     from metamodels.rasp.program import to_rasp
     from metamodels.rasp.tokenizer import decode as decode_tokens
@@ -234,48 +265,136 @@ def _reference_rows(refs: Mapping[str, tuple], params, trainer, model_params, cf
     for name in sorted(refs):
         target = list(refs[name])
         rows[name] = {"program": name, "length": target.count("EOO"), "target": " ".join(target),
-                      "exact": False, "functional": False, "wellformed": False, "predicted": ""}
+                      "exact": False, "functional": False, "wellformed": False, "predicted": "",
+                      "verified": False, "verified_rank": "", "identical_weights": "",
+                      "verified_program": ""}
         if not all(t in vocab.index for t in target):
             rows[name]["note"] = "more ops than the vocabulary's max_ops (sampler.max_length)"
             continue
         program = decode_tokens(target, vocab.tables)
-        model = compile_program(to_rasp(program, vocab.tables), set(z["vocab"]), z["max_seq_len"],
-                                mlp_exactness=params["compile"]["mlp_exactness"])
-        models[name] = (model.flat(), model.layout())
-    preds = decompile_weights(list(models.values()), trainer, model_params, cfg, vocab, edges,
-                              params["decompiler"]["evaluate"]["beam"])
-    for name, pred in zip(models, preds):
+        models[name] = compile_program(to_rasp(program, vocab.tables), set(z["vocab"]),
+                                       z["max_seq_len"],
+                                       mlp_exactness=params["compile"]["mlp_exactness"])
+    names = list(models)
+    greedy = decompile_models([models[n] for n in names], trainer, model_params, cfg, vocab,
+                              edges, beam=params["decompiler"]["evaluate"]["beam"])
+    found = decompile_models([models[n] for n in names], trainer, model_params, cfg, vocab,
+                             edges, search=params, recompile=[True] * len(names))
+    for name, pred, res in zip(names, greedy, found):
         if isinstance(pred, Exception):
             rows[name]["note"] = str(pred)
             continue
         v = judge(pred, list(refs[name]), domain)
         rows[name].update(exact=v.exact, functional=v.functional, wellformed=v.wellformed,
-                          predicted=" ".join(_trim(pred)), note=v.error or "")
+                          predicted=" ".join(_trim(pred)), note=v.error or "",
+                          verified=res.verified, verified_rank=res.rank or "",
+                          identical_weights="" if res.identical_weights is None
+                          else res.identical_weights,
+                          verified_program=" ".join(res.tokens) if res.verified else "")
     return list(rows.values())
 
 
-def decompile_weights(models: Sequence[tuple[np.ndarray, list]], trainer, model_params, cfg,
-                      vocab, edges, beam: int = 1) -> list:
-    """Predicted program tokens (constrained decoding) for each (flat weights, layout);
-    an :class:`~metamodels.decompiler.weights.InputTooLarge` in place of a model too large to read."""
-    out: list = [None] * len(models)
-    toks = []
-    for i, (flat, layout) in enumerate(models):
+def _examples(models: Sequence, cfg) -> tuple[list[int], B.Examples | None, dict]:
+    """The decompiler's input of each model (a CompiledModel): (indices tokenized,
+    Examples, {index: InputTooLarge} for models too large to read)."""
+    toks, errors = [], {}
+    for i, m in enumerate(models):
         try:
-            toks.append((i, W.tokenize(flat, layout, cfg["input"])))
+            toks.append((i, W.tokenize(m.flat(), m.layout(), cfg["input"])))
         except W.InputTooLarge as e:
-            out[i] = e
-    if toks:
-        feats = np.concatenate([t.features for _, t in toks])
-        cols = [np.concatenate([getattr(t, c) for _, t in toks]) for c in ("kind", "layer", "index")]
-        offsets = np.concatenate([[0], np.cumsum([len(t) for _, t in toks])]).astype(np.int64)
-        n = len(toks)
-        ex = B.Examples(feats, *cols, offsets, np.zeros((n, cfg["max_program_tokens"]), np.int32),
-                        np.zeros(n, np.int32), [str(i) for i, _ in toks], {})
-        decoded = trainer.decode(model_params, ex, edges, cfg["train"]["eval_batch_size"],
-                                 _grammar(vocab, cfg["domain"]), beam=beam)
-        for k, (i, _) in enumerate(toks):
+            errors[i] = e
+    if not toks:
+        return [], None, errors
+    feats = np.concatenate([t.features for _, t in toks])
+    cols = [np.concatenate([getattr(t, c) for _, t in toks]) for c in ("kind", "layer", "index")]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for _, t in toks])]).astype(np.int64)
+    n = len(toks)
+    ex = B.Examples(feats, *cols, offsets, np.zeros((n, cfg["max_program_tokens"]), np.int32),
+                    np.zeros(n, np.int32), [str(i) for i, _ in toks], {})
+    return [i for i, _ in toks], ex, errors
+
+
+def decompile_models(models: Sequence, trainer, model_params, cfg, vocab, edges, beam: int = 1,
+                     search: Mapping | None = None, recompile: Sequence[bool] | None = None,
+                     domain: Mapping | None = None) -> list:
+    """Decompile CompiledModels (any variant), grammar-constrained.
+
+    Without ``search``: the predicted program tokens of each model (greedy, or the best of
+    ``beam`` beams). With ``search`` (params holding ``decompiler.search``, ``verify``,
+    ``zoo.seed``, ``compile.mlp_exactness``): a :class:`metamodels.decompiler.search.Result`
+    per model, its candidates checked against the model's own outputs on ``domain``
+    (default: the decompiler's training domain, ``cfg["domain"]``); ``recompile[i]``: also recompile model i's verified program
+    and compare weights. A model too large to read gives its
+    :class:`~metamodels.decompiler.weights.InputTooLarge` instead."""
+    index, ex, out = _examples(models, cfg)
+    out = [out.get(i) for i in range(len(models))]
+    if ex is None:
+        return out
+    grammar = _grammar(vocab, cfg["domain"])
+    bs = cfg["train"]["eval_batch_size"]
+    if search is None:
+        decoded = trainer.decode(model_params, ex, edges, bs, grammar, beam=beam)
+        for k, i in enumerate(index):
             out[i] = vocab.strs(decoded[k].tolist())
+        return out
+    s = search["decompiler"]["search"]
+    t0 = time.perf_counter()
+    ranked = trainer.ranked(model_params, ex, edges, bs, grammar, s["candidates"])
+    share = (time.perf_counter() - t0) / len(index)
+    domain = domain or cfg["domain"]
+    inputs, exhaustive = SE.verification_inputs(domain, search)
+    for k, i in enumerate(index):
+        seqs, scores = ranked[k]
+        rc = None
+        if recompile is not None and recompile[i]:
+            rc = dict(domain, mlp_exactness=search["compile"]["mlp_exactness"])
+        out[i] = SE.search(SE.Checker(models[i], inputs, search["verify"], exhaustive), seqs,
+                           scores, vocab, s["seconds"], rc, share)
+    return out
+
+
+def verified_search(params: Mapping, trainer, model_params, cfg, vocab, edges, test: B.Split,
+                    grammar, models: Sequence[str] | None = None) -> list:
+    """The verified search on every test program (:mod:`metamodels.decompiler.search`):
+    the input models are read from the zoo-format shards their ids name
+    (``shard_path:row``), one shard at a time; compiled (``standard``) models'
+    verified programs are recompiled and compared bit for bit. ``models``: the shards the
+    caller declared; an id naming another file raises ValueError."""
+    from metamodels.zoo.stage import model_of
+    s = params["decompiler"]["search"]
+    bs = cfg["train"]["eval_batch_size"]
+    t0 = time.perf_counter()
+    ranked = trainer.ranked(model_params, test, edges, bs, grammar, s["candidates"])
+    share = (time.perf_counter() - t0) / max(len(test), 1)
+    inputs, exhaustive = SE.verification_inputs(cfg["domain"], params)
+    by_path: dict[str, list[tuple[int, int]]] = {}
+    for i, ident in enumerate(test.ids):
+        path, _, r = ident.rpartition(":")
+        by_path.setdefault(path, []).append((i, int(r)))
+    if models is not None:
+        declared = {os.path.normpath(m) for m in models}
+        missing = sorted(p for p in by_path if os.path.normpath(p) not in declared)
+        if missing:
+            raise ValueError(f"the test programs come from {missing[0]}, which is not among "
+                             f"--models {list(models)}; pass the zoo-format shards the test "
+                             "shards were tokenized from")
+    out: list = [None] * len(test)
+    done = 0
+    for path, items in by_path.items():
+        arrays = S.load_npz(path)
+        for i, r in items:
+            model = model_of(arrays, r)
+            meta = json.loads(str(arrays["meta_json"][r]))
+            rc = None
+            if meta.get("variant", "standard") == "standard":
+                rc = dict(cfg["domain"], mlp_exactness=params["compile"]["mlp_exactness"])
+            seqs, scores = ranked[i]
+            out[i] = SE.search(SE.Checker(model, inputs, params["verify"], exhaustive), seqs,
+                               scores, vocab, s["seconds"], rc, share)
+            done += 1
+            if done % 50 == 0 or done == len(test):
+                print(f"[evaluate] verified search {done}/{len(test)}", file=sys.stderr,
+                      flush=True)
     return out
 
 
@@ -341,9 +460,15 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int = 1,
+def decompile_file(model_path: str, weights_path: str, params: Mapping, index: int = 0,
                    force: bool = False, warn=_warn) -> str:
-    """Readable RASP source recovered from a zoo-format weights file (row ``index``).
+    """Readable RASP source recovered from a zoo-format weights file (row ``index``), below a
+    comment block that says whether it is verified (:func:`certificate_text`).
+
+    ``params``: the ``decompiler.search``, ``verify``, ``zoo.seed`` and
+    ``compile.mlp_exactness`` sections of the verified search
+    (:mod:`metamodels.decompiler.search`), which checks candidates on the model's own input
+    domain.
 
     Warns (``warn(message)``, default: a ``warning:`` line on stderr) when the row's stored
     verification failed or is missing: such a model is not a faithful compilation of a RASP
@@ -389,10 +514,40 @@ def decompile_file(model_path: str, weights_path: str, index: int = 0, beam: int
     from metamodels.decompiler.train import Trainer
     from metamodels.rasp.program import render
     from metamodels.rasp.tokenizer import decode as decode_tokens
+    from metamodels.zoo.stage import model_of
     trainer = Trainer(cfg, vocab)
-    (tokens,) = decompile_weights([(r["weights"], layout)], trainer, model_params, cfg,
-                                  vocab, edges, beam)
-    if isinstance(tokens, Exception):
-        raise tokens
-    program = decode_tokens(tokens, vocab.tables)
-    return render(program, vocab.tables)
+    try:
+        model = model_of(arrays, index)
+    except (KeyError, TypeError, ValueError) as e:
+        raise S.FileFormatError(weights_path, f"row {index}'s 'meta_json' does not describe a "
+                                f"compiled model ({type(e).__name__}: {e}); write one with "
+                                "`python -m metamodels compile PROGRAM.py --out FILE`",
+                                "meta_json") from None
+    compiled = meta.get("variant", "standard") == "standard"
+    (res,) = decompile_models([model], trainer, model_params, cfg, vocab, edges, search=params,
+                              recompile=[compiled], domain=domain or trained)
+    if isinstance(res, Exception):
+        raise res
+    source = render(decode_tokens(res.tokens, vocab.tables), vocab.tables)
+    return certificate_text(res) + source
+
+
+def certificate_text(res: "SE.Result") -> str:
+    """The comment block ``decompile`` prints above the recovered program."""
+    if res.verified:
+        how = ("the whole input domain" if res.exhaustive
+               else f"{res.inputs} sampled inputs")
+        lines = [f"# VERIFIED: this program's outputs equal the model's on {how} "
+                 f"({res.positions} output positions compared)",
+                 f"# candidate {res.rank} of {res.candidates} (best first), {res.tried} checked, "
+                 f"{res.seconds:.2f} s"]
+        if res.identical_weights is not None:
+            lines.append("# recompiled, its weights are "
+                         + ("bitwise identical to the input's" if res.identical_weights
+                            else "NOT bitwise identical to the input's"))
+    else:
+        lines = ["# UNVERIFIED best guess: no candidate's outputs equal the model's "
+                 f"({res.reason}; {res.tried} of {res.candidates} candidates checked, "
+                 f"{res.seconds:.2f} s)",
+                 "# this program need not compute what the weights compute"]
+    return "\n".join(lines) + "\n"

@@ -36,6 +36,7 @@ from metamodels.core.nn import compute_dtype, optimizer
 from metamodels.decompiler import batches as B
 from metamodels.decompiler import decode as D
 from metamodels.decompiler import transformer as T
+from metamodels.decompiler.incremental import Cached
 from metamodels.rasp.tokenizer import BOS, EOS, PAD, Vocab
 
 
@@ -55,11 +56,7 @@ class Trainer:
         self.tx = optimizer(cfg["train"])
         self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1))
         self.eval_step = jax.jit(self._eval_step)
-        self.encode = jax.jit(lambda p, b: self.model.apply({"params": p}, b,
-                                                            method=T.Decompiler.encode))
-        self.logits = jax.jit(lambda p, m, wm, x: self.model.apply(
-            {"params": p}, m, wm, x, method=T.Decompiler.decode))
-
+        self.cached = Cached(self.model)
     def init(self, example: Mapping[str, np.ndarray]):
         key = jax.random.PRNGKey(self.cfg["seed"])
         params = self.model.init(key, _device(example), jnp.asarray(example["program"][:, :-1]))
@@ -102,23 +99,26 @@ class Trainer:
                 "token_accuracy": float(tot["correct"] / max(tot["tokens"], 1)),
                 "row_correct": row_c, "row_tokens": row_t}
 
-    def decode(self, params, ex: B.Split, edges, batch_size: int, grammar=None,
-               beam: int = 1, subset: np.ndarray | None = None) -> dict[int, np.ndarray]:
-        """Free decoding: {program index: token ids (BOS ... EOS, PAD after)}."""
-        enc = lambda b: self.encode(params, _device(b))  # noqa: E731
-        logits = lambda m, wm, x: self.logits(params, m, wm, jnp.asarray(x))  # noqa: E731
-        max_len = ex.program_width
+    def ranked(self, params, ex: B.Split, edges, batch_size: int, grammar=None,
+               width: int = 1, subset: np.ndarray | None = None
+               ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Beam search with key/value caches (:func:`metamodels.decompiler.decode.ranked`):
+        {program index: (sequences (width, T), scores (width,)), best first}."""
+        cached = self.cached.bind(params)
         out = {}
         for idx, batch in B.eval_batches(ex, batch_size, edges, subset):
-            if beam > 1:
-                seqs = D.beam(enc, logits, batch, max_len, self.bos, self.eos, self.pad,
-                              beam, grammar)
-            else:
-                seqs = D.greedy(enc, logits, batch, max_len, self.bos, self.eos, self.pad,
-                                grammar)
+            seqs, scores = D.ranked(cached, batch, ex.program_width, self.bos, self.eos,
+                                    self.pad, width, grammar)
             for r, i in enumerate(idx):
-                out[int(i)] = seqs[r]
+                out[int(i)] = (seqs[r], scores[r])
         return out
+
+    def decode(self, params, ex: B.Split, edges, batch_size: int, grammar=None,
+               beam: int = 1, subset: np.ndarray | None = None) -> dict[int, np.ndarray]:
+        """Free decoding: {program index: token ids (BOS ... EOS, PAD after)}, greedy or the
+        best of ``beam`` beams."""
+        ranked = self.ranked(params, ex, edges, batch_size, grammar, beam, subset)
+        return {i: seqs[0] for i, (seqs, _) in ranked.items()}
 
 
 class Prefetcher:

@@ -91,8 +91,14 @@ def verification_inputs(params: Mapping) -> list[np.ndarray]:
                   np.random.SeedSequence(entropy=z["seed"], spawn_key=(2 ** 31,)))
 
 
+def model_output(model: CompiledModel, x: np.ndarray) -> np.ndarray:
+    """The model's decoded output (B, L) on inputs x (B, L) of one length, BOS not included:
+    output-value ids for a categorical output, floats for a numerical one."""
+    return forward_ids(model, encode(model, x.tolist()))[:, 1:]
+
+
 def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float,
-           min_compared: float = 0.0) -> dict:
+           min_compared: float = 0.0, outputs: list[np.ndarray] | None = None) -> dict:
     """Compare the compiled model's decoded output with RASP on every input.
 
     Positions where RASP's output is None carry no value a transformer could
@@ -100,13 +106,14 @@ def verify(model: CompiledModel, expr, inputs: list[np.ndarray], atol: float,
     that compares no position, or fewer than ``min_compared`` (a share,
     ``verify.min_compared``) of them, fails: it would otherwise pass a model
     whatever its weights. ``reason`` says why a failed verification failed.
+    ``outputs``: the model's :func:`model_output` on each of ``inputs``, when already
+    computed (the verified search checks many programs against one model).
     """
     n_inputs = n_pos = n_none = n_bad = 0
     first_bad = None
-    for x in inputs:
+    for j, x in enumerate(inputs):
         ref = E.evaluate_batch(expr, x)
-        ids = encode(model, x.tolist())
-        out = forward_ids(model, ids)[:, 1:]
+        out = outputs[j] if outputs is not None else model_output(model, x)
         none = ref.codes < 0
         if model.categorical_output:
             index: dict = {}  # compare by ==, as rasp does (0 == 0.0 == False)

@@ -1,0 +1,170 @@
+"""Key/value-cached decoding of the decompiler (:mod:`metamodels.decompiler.transformer`).
+
+Free decoding used to run the whole decoder over the whole program buffer for every new
+token, O(T^2) per program. Here one jitted step embeds the newest token of every row,
+attends to cached keys and values and appends its own, so a program of T tokens costs T
+steps of one position each. The weight side is computed once per batch: the encoder's
+output projected to each decoder layer's cross-attention keys and values
+(``encoder_decoder``), or every layer's keys and values of the weight tokens
+(``prefix_lm``, whose weight tokens never attend to program tokens).
+
+The step reproduces Flax's modules from the trained parameters (pre-LayerNorm blocks of
+:class:`metamodels.core.nn.Block`: LayerNorm with epsilon 1e-6, multi-head attention with
+queries scaled by 1/sqrt(head size), tanh-approximated GELU). Its logits equal the full
+model's at every position to float32 rounding (tests/decompiler/test_search.py).
+
+API: ``d = Cached(model).bind(params)``; ``state = d.start(batch, max_len)``;
+``logits, state = d.step(state, tokens (B,), t)``: next-token logits (B, vocab) after
+token ``tokens`` at program position ``t``; ``d.take(state, rows)`` reorders or repeats
+rows (beam search).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metamodels.decompiler.transformer import Decompiler
+
+
+def _ln(p, x):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.maximum((x32 * x32).mean(-1, keepdims=True) - mean * mean, 0.0)
+    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-6)
+    return (y * p["scale"] + p["bias"]).astype(x.dtype)
+
+
+def _proj(p, x):
+    return jnp.einsum("...d,dhk->...hk", x, p["kernel"]) + p["bias"]
+
+
+def _attend(p, q_in, keys, values, key_mask):
+    """One query position per row: q_in (B, d); keys/values (B, S, H, K); key_mask (B, S)."""
+    q = _proj(p["query"], q_in)
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.einsum("bhk,bshk->bhs", q, keys)
+    logits = jnp.where(key_mask[:, None, :], logits, jnp.finfo(logits.dtype).min)
+    w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(values.dtype)
+    o = jnp.einsum("bhs,bshk->bhk", w, values)
+    return jnp.einsum("bhk,hkd->bd", o, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _mlp(p, x):
+    h = _ln(p["ln_mlp"], x)
+    h = h @ p["mlp_in"]["kernel"] + p["mlp_in"]["bias"]
+    return jax.nn.gelu(h) @ p["mlp_out"]["kernel"] + p["mlp_out"]["bias"]
+
+
+def _full_block(p, x, mask):
+    """Block over whole sequences x (B, S, d) with a (B, S) key mask; also returns this
+    layer's keys and values (from the LayerNorm'd input), as the step needs them."""
+    h = _ln(p["ln_self"], x)
+    a = p["self_attn"]
+    k, v = _proj(a["key"], h), _proj(a["value"], h)
+    q = _proj(a["query"], h)
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.einsum("bqhk,bshk->bhqs", q, k)
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    o = jnp.einsum("bhqs,bshk->bqhk", w, v)
+    x = x + jnp.einsum("bqhk,hkd->bqd", o, a["out"]["kernel"]) + a["out"]["bias"]
+    return x + _mlp(p, x), k, v
+
+
+class Cached:
+    """Cached single-token decoding for one trained :class:`Decompiler` and its params."""
+
+    def __init__(self, model: Decompiler):
+        self.model = model
+        self.prefix = model.architecture == "prefix_lm"
+        self._start = jax.jit(self._start_impl, static_argnums=(2,))
+        self._step = jax.jit(self._step_impl)
+        self._take = jax.jit(lambda s, rows: jax.tree_util.tree_map(
+            lambda a: jnp.take(a, rows, axis=0), s))
+
+    def _layers(self, params):
+        n = self.model.layers if self.prefix else self.model.decoder_layers
+        name = "blocks" if self.prefix else "decoder"
+        return [params[f"{name}_{i}"] for i in range(n)]
+
+    def _start_impl(self, params, batch, max_len: int):
+        wmask = batch["mask"]
+        if self.prefix:
+            x = self.model.apply({"params": params}, batch, method=Decompiler.encode)
+            mem_k, mem_v = [], []
+            for p in self._layers(params):
+                x, k, v = _full_block(p, x, wmask)
+                mem_k.append(k)
+                mem_v.append(v)
+        else:
+            memory = self.model.apply({"params": params}, batch, method=Decompiler.encode)
+            mem_k = [_proj(p["cross_attn"]["key"], memory) for p in self._layers(params)]
+            mem_v = [_proj(p["cross_attn"]["value"], memory) for p in self._layers(params)]
+        b = wmask.shape[0]
+        h, kd = self.model.heads, self.model.d_model // self.model.heads
+        dt = mem_k[0].dtype
+        zeros = jnp.zeros((b, len(mem_k), max_len, h, kd), dt)
+        # every array has the batch first, so beam search reorders rows with one take
+        return {"mem_k": jnp.stack(mem_k, 1), "mem_v": jnp.stack(mem_v, 1), "mask": wmask,
+                "k": zeros, "v": zeros}
+
+    def _step_impl(self, params, state, tokens, t):
+        emb = params["program_embed"]
+        x = (emb["token"]["embedding"][tokens] + emb["position"]["embedding"][t])
+        x = x.astype(self.model.dtype)
+        max_len = state["k"].shape[2]
+        seen = jnp.broadcast_to(jnp.arange(max_len) <= t, (tokens.shape[0], max_len))
+        ks, vs = state["k"], state["v"]
+        for i, p in enumerate(self._layers(params)):
+            a = p["self_attn"]
+            h = _ln(p["ln_self"], x)
+            ks = ks.at[:, i, t].set(_proj(a["key"], h))
+            vs = vs.at[:, i, t].set(_proj(a["value"], h))
+            if self.prefix:
+                keys = jnp.concatenate([state["mem_k"][:, i], ks[:, i]], axis=1)
+                values = jnp.concatenate([state["mem_v"][:, i], vs[:, i]], axis=1)
+                x = x + _attend(a, h, keys, values, jnp.concatenate([state["mask"], seen], 1))
+            else:
+                x = x + _attend(a, h, ks[:, i], vs[:, i], seen)
+                h = _ln(p["ln_cross"], x)
+                x = x + _attend(p["cross_attn"], h, state["mem_k"][:, i], state["mem_v"][:, i],
+                                state["mask"])
+            x = x + _mlp(p, x)
+        x = _ln(params["ln_out"], x)
+        logits = (x @ params["head"]["kernel"] + params["head"]["bias"]).astype(jnp.float32)
+        return logits, dict(state, k=ks, v=vs)
+
+    def bind(self, params: Mapping) -> "Bound":
+        """The decoding interface (``start``, ``step``, ``take``) for trained ``params``; the
+        jitted functions are this object's, so binding other params compiles nothing new."""
+        return Bound(self, params)
+
+
+class Bound:
+    """:class:`Cached` with its parameters: what :func:`metamodels.decompiler.decode.ranked`
+    drives."""
+
+    def __init__(self, cached: Cached, params: Mapping):
+        self.c, self.params = cached, params
+
+    def start(self, batch: Mapping[str, np.ndarray], max_len: int) -> dict:
+        """Decoder state for a batch of weight tokens (``features``, ``kind``, ``layer``,
+        ``index``, ``mask``; B rows), with room for ``max_len`` program tokens."""
+        keep = ("features", "kind", "layer", "index", "mask")
+        return self.c._start(self.params, {k: jnp.asarray(v) for k, v in batch.items()
+                                           if k in keep}, int(max_len))
+
+    def step(self, state: dict, tokens: np.ndarray, t: int):
+        """(logits (B, vocab) float32 of the token after position t, new state), where
+        ``tokens`` (B,) are the tokens at position t."""
+        logits, state = self.c._step(self.params, state, jnp.asarray(tokens, jnp.int32),
+                                     jnp.int32(t))
+        return np.asarray(logits), state
+
+    def take(self, state: dict, rows: np.ndarray) -> dict:
+        """The state of rows ``rows`` (int array), in that order."""
+        return self.c._take(state, jnp.asarray(rows, jnp.int32))
