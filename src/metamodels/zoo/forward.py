@@ -95,30 +95,68 @@ def forward_residuals(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -
     else:
         mask = None
     scale = np.sqrt(key_size).astype(dtype)
-
-    for layer in range(model.num_layers):
-        pre = f"transformer/layer_{layer}"
-
-        def lin(name, h):
-            w = np.asarray(p[f"{pre}/{name}"]["w"], dtype)
-            b = np.asarray(p[f"{pre}/{name}"]["b"], dtype)
-            return h @ w + b
-
-        q = lin("attn/query", x).reshape(bsz, seq_len, num_heads, key_size)
-        k = lin("attn/key", x).reshape(bsz, seq_len, num_heads, key_size)
-        v = lin("attn/value", x).reshape(bsz, seq_len, num_heads, -1)
-        logits = np.einsum("bthd,bshd->bhts", q, k) / scale
-        if mask is not None:
-            logits = np.where(mask, logits, np.asarray(-1e30, dtype))
-        weights = _softmax(logits)
-        attn = np.einsum("bhts,bshd->bthd", weights, v).reshape(bsz, seq_len, -1)
-        x = x + lin("attn/linear", attn)
+    rows = bsz * seq_len
+    for layer in _layers(model, dtype):
+        # one 2-D matmul per projection over all B * T positions; heads whose value and
+        # output weights are zero and hidden units with zero weights and bias (tracr pads
+        # every layer to the widest) are left out: they add exactly 0 to the residual
+        h2 = x.reshape(rows, -1)
+        heads = layer["heads"]
+        if heads:
+            q = (h2 @ layer["q"] + layer["qb"]).reshape(bsz, seq_len, heads, key_size)
+            k = (h2 @ layer["k"] + layer["kb"]).reshape(bsz, seq_len, heads, key_size)
+            v = (h2 @ layer["v"] + layer["vb"]).reshape(bsz, seq_len, heads, -1)
+            logits = np.einsum("bthd,bshd->bhts", q, k) / scale
+            if mask is not None:
+                logits = np.where(mask, logits, np.asarray(-1e30, dtype))
+            weights = _softmax(logits)
+            attn = np.einsum("bhts,bshd->bthd", weights, v).reshape(rows, -1)
+            x = x + (attn @ layer["o"] + layer["ob"]).reshape(x.shape)
+        else:
+            x = x + layer["ob"]
         out.append(x)
-
-        hidden = np.maximum(lin("mlp/linear_1", x), 0)
-        x = x + lin("mlp/linear_2", hidden)
+        h2 = x.reshape(rows, -1)
+        hidden = np.maximum(h2 @ layer["w1"] + layer["b1"], 0)
+        x = x + (hidden @ layer["w2"] + layer["b2"]).reshape(x.shape)
         out.append(x)
     return out
+
+
+def _layers(model: CompiledModel, dtype) -> list[dict]:
+    """Each layer's weights in ``dtype`` without the heads and hidden units that contribute
+    nothing (cached on the model per dtype)."""
+    cache = model.__dict__.setdefault("_forward_layers", {})
+    key = np.dtype(dtype).str
+    if key in cache:
+        return cache[key]
+    p = model.params
+    nh, ks = model.num_heads, model.key_size
+    layers = []
+    for layer in range(model.num_layers):
+        pre = f"transformer/layer_{layer}"
+        w = {n: np.asarray(p[f"{pre}/{n}"]["w"], dtype) for n in
+             ("attn/query", "attn/key", "attn/value", "attn/linear", "mlp/linear_1",
+              "mlp/linear_2")}
+        b = {n: np.asarray(p[f"{pre}/{n}"]["b"], dtype) for n in w}
+        vs = w["attn/value"].shape[1] // nh
+        wv = w["attn/value"].reshape(-1, nh, vs)
+        bv = b["attn/value"].reshape(nh, vs)
+        wo = w["attn/linear"].reshape(nh, vs, -1)
+        # a head adds nothing when its values are always 0 or its output projection is 0
+        live = [h for h in range(nh) if (wv[:, h].any() or bv[h].any()) and wo[h].any()]
+        sel = lambda a, n: a.reshape(*a.shape[:-1], nh, n)[..., live, :].reshape(  # noqa: E731
+            *a.shape[:-1], len(live) * n)
+        unit = np.flatnonzero(w["mlp/linear_1"].any(0) | (b["mlp/linear_1"] > 0))
+        layers.append({
+            "heads": len(live),
+            "q": sel(w["attn/query"], ks), "qb": sel(b["attn/query"], ks),
+            "k": sel(w["attn/key"], ks), "kb": sel(b["attn/key"], ks),
+            "v": sel(w["attn/value"], vs), "vb": sel(b["attn/value"], vs),
+            "o": wo[live].reshape(len(live) * vs, wo.shape[-1]), "ob": b["attn/linear"],
+            "w1": w["mlp/linear_1"][:, unit], "b1": b["mlp/linear_1"][unit],
+            "w2": w["mlp/linear_2"][unit], "b2": b["mlp/linear_2"]})
+    cache[key] = layers
+    return layers
 
 
 def forward_logits(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> np.ndarray:
