@@ -4,6 +4,7 @@ than the decompiler's training domain unless --force (then it warns)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from metamodels.core import shards as S
@@ -24,11 +25,17 @@ def files(tmp_path_factory, default_params):
 
 @pytest.fixture()
 def quick_decoding(monkeypatch, files):
-    """Decoding replaced by the file's own program tokens (the checks come before it)."""
+    """The beam search replaced by one candidate, the file's own program (the checks come
+    before it); the verified search then checks it against the model for real."""
+    from metamodels.decompiler.train import Trainer
     arrays = S.load_npz(files["weights"])
-    _, _, vocab, _ = decompiler.load_model(str(files["model"]))
-    tokens = vocab.strs(row(arrays, 0)["tokens"].tolist())
-    monkeypatch.setattr(decompiler, "decompile_weights", lambda models, *a, **k: [tokens])
+    ids = np.zeros((1, 32), np.int32)
+    tokens = row(arrays, 0)["tokens"]
+    ids[0, :len(tokens)] = tokens
+
+    def ranked(self, params, ex, *a, **k):
+        return {i: (ids, np.zeros(1)) for i in range(len(ex))}
+    monkeypatch.setattr(Trainer, "ranked", ranked)
 
 
 def cli(args, capsys) -> tuple[int, str, str]:
@@ -41,7 +48,11 @@ def cli(args, capsys) -> tuple[int, str, str]:
 def test_failed_verification_warns_and_still_decompiles(files, capsys):
     """End to end (real decoding with the tiny untrained decompiler)."""
     code, out, err = cli([files["unverified"], "--model", files["model"]], capsys)
-    assert code == 0 and out.startswith("from tracr.rasp import rasp") and "program = v" in out
+    assert code == 0 and "from tracr.rasp import rasp" in out and "program = v" in out
+    # the untrained decompiler's candidates are checked against the model; what it prints
+    # says which it is, and only a checked program is called verified
+    first = out.splitlines()[0]
+    assert first.startswith(("# VERIFIED: ", "# UNVERIFIED best guess: "))
     (line,) = err.strip().splitlines()
     assert line.startswith(f"warning: {files['unverified']}: its stored verification failed")
     assert "7 of" in line and FAITHFUL in line
@@ -64,6 +75,26 @@ def test_verified_model_of_the_training_domain_decompiles_silently(files, capsys
     code, out, err = cli([files["weights"], "--model", files["model"]], capsys)
     assert (code, err) == (0, "")
     assert "rasp.Map(lambda x: x + 1, rasp.tokens" in out
+    head = out.splitlines()[:3]
+    assert head[0].startswith("# VERIFIED: this program's outputs equal the model's on the "
+                              "whole input domain")
+    assert head[1].startswith("# candidate 1 of 1") and "bitwise identical" in head[2]
+
+
+def test_unverified_program_is_printed_as_such(files, capsys, monkeypatch):
+    """A candidate that is not what the weights compute is printed as a best guess."""
+    from metamodels.decompiler.train import Trainer
+    _, _, vocab, _ = decompiler.load_model(str(files["model"]))
+    wrong = "BOS EOL v1 categorical Map x+2 tokens EOO EOL EOS".split()
+    ids = np.zeros((1, 32), np.int32)
+    ids[0, :len(wrong)] = [vocab.index[t] for t in wrong]
+    monkeypatch.setattr(Trainer, "ranked",
+                        lambda self, params, ex, *a, **k: {0: (ids, np.zeros(1))})
+    code, out, err = cli([files["weights"], "--model", files["model"], "--candidates", "1"],
+                         capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("# UNVERIFIED best guess: no candidate's outputs equal the model's")
+    assert "VERIFIED:" not in out and "x + 2" in out
 
 
 def test_other_domain_is_refused_unless_forced(files, capsys, quick_decoding):
