@@ -43,9 +43,7 @@ def ranked(cached, batch: dict, max_len: int, bos: int, eos: int, pad: int, widt
     """
     b = batch["mask"].shape[0]
     k = int(width)
-    state = cached.start(batch, max_len)
-    if k > 1:
-        state = cached.take(state, np.repeat(np.arange(b), k))
+    state = cached.start(batch, max_len, k)
     buf = np.full((b * k, max_len), pad, np.int32)
     buf[:, 0] = bos
     score = np.full((b, k), NEG, np.float64)

@@ -14,9 +14,10 @@ queries scaled by 1/sqrt(head size), tanh-approximated GELU). Its logits equal t
 model's at every position to float32 rounding (tests/decompiler/test_search.py).
 
 API: ``d = Cached(model).bind(params)``; ``state = d.start(batch, max_len)``;
-``logits, state = d.step(state, tokens (B,), t)``: next-token logits (B, vocab) after
-token ``tokens`` at program position ``t``; ``d.take(state, rows)`` reorders or repeats
-rows (beam search).
+``logits, state = d.step(state, tokens (R,), t)``: next-token logits (R, vocab) after
+token ``tokens`` at program position ``t`` (R = B * width rows); ``d.take(state, rows)``
+reorders beams (beam search). The weight side is stored once per program and read by all
+its beams; the step and the reordering update the caches in place (buffer donation).
 """
 
 from __future__ import annotations
@@ -42,15 +43,43 @@ def _proj(p, x):
     return jnp.einsum("...d,dhk->...hk", x, p["kernel"]) + p["bias"]
 
 
-def _attend(p, q_in, keys, values, key_mask):
-    """One query position per row: q_in (B, d); keys/values (B, S, H, K); key_mask (B, S)."""
-    q = _proj(p["query"], q_in)
-    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    logits = jnp.einsum("bhk,bshk->bhs", q, keys)
-    logits = jnp.where(key_mask[:, None, :], logits, jnp.finfo(logits.dtype).min)
-    w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(values.dtype)
-    o = jnp.einsum("bhs,bshk->bhk", w, values)
-    return jnp.einsum("bhk,hkd->bd", o, p["out"]["kernel"]) + p["out"]["bias"]
+def _query(p, h):
+    q = _proj(p["query"], h)
+    return q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+
+
+def _attend(p, q, parts):
+    """Attention of one query position per row over several key sets at once (one softmax).
+
+    q (R, H, K) with R = B * width rows, beams of one program adjacent; ``parts``: (keys,
+    values, mask, shared) with keys/values (R, S, H, K) and mask (R, S) per row, or, when
+    ``shared``, (B, S, H, K) and (B, S) per program, read by all its beams without copies.
+    Returns the output projection (R, d).
+    """
+    logits = []
+    for keys, _, mask, shared in parts:
+        if shared:
+            b = keys.shape[0]
+            qg = q.reshape(b, -1, *q.shape[1:])
+            lg = jnp.einsum("bjhk,bshk->bjhs", qg, keys).reshape(q.shape[0], q.shape[1], -1)
+            m = jnp.repeat(mask, qg.shape[1], axis=0)
+        else:
+            lg = jnp.einsum("rhk,rshk->rhs", q, keys)
+            m = mask
+        logits.append(jnp.where(m[:, None, :], lg, jnp.finfo(lg.dtype).min))
+    sizes = [lg.shape[-1] for lg in logits]
+    w = jax.nn.softmax(jnp.concatenate(logits, -1).astype(jnp.float32), axis=-1)
+    o, at = 0.0, 0
+    for (_, values, _, shared), n in zip(parts, sizes):
+        wi = w[..., at:at + n].astype(values.dtype)
+        at += n
+        if shared:
+            b = values.shape[0]
+            wg = wi.reshape(b, -1, *wi.shape[1:])
+            o = o + jnp.einsum("bjhs,bshk->bjhk", wg, values).reshape(q.shape[0], q.shape[1], -1)
+        else:
+            o = o + jnp.einsum("rhs,rshk->rhk", wi, values)
+    return jnp.einsum("rhk,hkd->rd", o, p["out"]["kernel"]) + p["out"]["bias"]
 
 
 def _mlp(p, x):
@@ -76,22 +105,28 @@ def _full_block(p, x, mask):
 
 
 class Cached:
-    """Cached single-token decoding for one trained :class:`Decompiler` and its params."""
+    """Cached single-token decoding for one trained :class:`Decompiler` and its params.
+
+    State (all arrays on the device): ``mem_k``, ``mem_v`` (B, layers, S, heads, head size)
+    and ``mask`` (B, S): the weight side, one copy per program; ``k``, ``v`` (B * width,
+    layers, max_len, heads, head size): each beam's program-token keys and values.
+    """
 
     def __init__(self, model: Decompiler):
         self.model = model
         self.prefix = model.architecture == "prefix_lm"
-        self._start = jax.jit(self._start_impl, static_argnums=(2,))
-        self._step = jax.jit(self._step_impl)
-        self._take = jax.jit(lambda s, rows: jax.tree_util.tree_map(
-            lambda a: jnp.take(a, rows, axis=0), s))
+        self._start = jax.jit(self._start_impl, static_argnums=(2, 3))
+        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
+        self._take = jax.jit(lambda s, rows: dict(s, k=jnp.take(s["k"], rows, axis=0),
+                                                  v=jnp.take(s["v"], rows, axis=0)),
+                             donate_argnums=(0,))
 
     def _layers(self, params):
         n = self.model.layers if self.prefix else self.model.decoder_layers
         name = "blocks" if self.prefix else "decoder"
         return [params[f"{name}_{i}"] for i in range(n)]
 
-    def _start_impl(self, params, batch, max_len: int):
+    def _start_impl(self, params, batch, max_len: int, width: int):
         wmask = batch["mask"]
         if self.prefix:
             x = self.model.apply({"params": params}, batch, method=Decompiler.encode)
@@ -107,10 +142,9 @@ class Cached:
         b = wmask.shape[0]
         h, kd = self.model.heads, self.model.d_model // self.model.heads
         dt = mem_k[0].dtype
-        zeros = jnp.zeros((b, len(mem_k), max_len, h, kd), dt)
-        # every array has the batch first, so beam search reorders rows with one take
+        zeros = jnp.zeros((b * width, len(mem_k), max_len, h, kd), dt)
         return {"mem_k": jnp.stack(mem_k, 1), "mem_v": jnp.stack(mem_v, 1), "mask": wmask,
-                "k": zeros, "v": zeros}
+                "k": zeros, "v": zeros.copy()}
 
     def _step_impl(self, params, state, tokens, t):
         emb = params["program_embed"]
@@ -124,15 +158,14 @@ class Cached:
             h = _ln(p["ln_self"], x)
             ks = ks.at[:, i, t].set(_proj(a["key"], h))
             vs = vs.at[:, i, t].set(_proj(a["value"], h))
+            own = (ks[:, i], vs[:, i], seen, False)
+            mem = (state["mem_k"][:, i], state["mem_v"][:, i], state["mask"], True)
             if self.prefix:
-                keys = jnp.concatenate([state["mem_k"][:, i], ks[:, i]], axis=1)
-                values = jnp.concatenate([state["mem_v"][:, i], vs[:, i]], axis=1)
-                x = x + _attend(a, h, keys, values, jnp.concatenate([state["mask"], seen], 1))
+                x = x + _attend(a, _query(a, h), [mem, own])
             else:
-                x = x + _attend(a, h, ks[:, i], vs[:, i], seen)
+                x = x + _attend(a, _query(a, h), [own])
                 h = _ln(p["ln_cross"], x)
-                x = x + _attend(p["cross_attn"], h, state["mem_k"][:, i], state["mem_v"][:, i],
-                                state["mask"])
+                x = x + _attend(p["cross_attn"], _query(p["cross_attn"], h), [mem])
             x = x + _mlp(p, x)
         x = _ln(params["ln_out"], x)
         logits = (x @ params["head"]["kernel"] + params["head"]["bias"]).astype(jnp.float32)
@@ -151,12 +184,13 @@ class Bound:
     def __init__(self, cached: Cached, params: Mapping):
         self.c, self.params = cached, params
 
-    def start(self, batch: Mapping[str, np.ndarray], max_len: int) -> dict:
+    def start(self, batch: Mapping[str, np.ndarray], max_len: int, width: int = 1) -> dict:
         """Decoder state for a batch of weight tokens (``features``, ``kind``, ``layer``,
-        ``index``, ``mask``; B rows), with room for ``max_len`` program tokens."""
+        ``index``, ``mask``; B rows), with ``width`` rows per program (beams, adjacent) and
+        room for ``max_len`` program tokens."""
         keep = ("features", "kind", "layer", "index", "mask")
         return self.c._start(self.params, {k: jnp.asarray(v) for k, v in batch.items()
-                                           if k in keep}, int(max_len))
+                                           if k in keep}, int(max_len), int(width))
 
     def step(self, state: dict, tokens: np.ndarray, t: int):
         """(logits (B, vocab) float32 of the token after position t, new state), where
@@ -166,5 +200,6 @@ class Bound:
         return np.asarray(logits), state
 
     def take(self, state: dict, rows: np.ndarray) -> dict:
-        """The state of rows ``rows`` (int array), in that order."""
+        """The state with beam rows ``rows`` (int array, B * width: each row's new source
+        row, within its own program's beams), in that order; ``state`` is consumed."""
         return self.c._take(state, jnp.asarray(rows, jnp.int32))
