@@ -56,29 +56,29 @@ def _attend(p, q, parts):
     ``shared``, (B, S, H, K) and (B, S) per program, read by all its beams without copies.
     Returns the output projection (R, d).
     """
-    logits = []
+    logits = []  # each (R, S, H): the positions axis before the heads
     for keys, _, mask, shared in parts:
         if shared:
             b = keys.shape[0]
             qg = q.reshape(b, -1, *q.shape[1:])
-            lg = jnp.einsum("bjhk,bshk->bjhs", qg, keys).reshape(q.shape[0], q.shape[1], -1)
+            lg = jnp.einsum("bjhk,bshk->bjsh", qg, keys).reshape(q.shape[0], -1, q.shape[1])
             m = jnp.repeat(mask, qg.shape[1], axis=0)
-        else:
-            lg = jnp.einsum("rhk,rshk->rhs", q, keys)
+        else:  # elementwise: XLA:CPU runs R tiny batched dots about 4x slower
+            lg = (q[:, None] * keys).sum(-1)
             m = mask
-        logits.append(jnp.where(m[:, None, :], lg, jnp.finfo(lg.dtype).min))
-    sizes = [lg.shape[-1] for lg in logits]
-    w = jax.nn.softmax(jnp.concatenate(logits, -1).astype(jnp.float32), axis=-1)
+        logits.append(jnp.where(m[:, :, None], lg, jnp.finfo(lg.dtype).min))
+    sizes = [lg.shape[1] for lg in logits]
+    w = jax.nn.softmax(jnp.concatenate(logits, 1).astype(jnp.float32), axis=1)
     o, at = 0.0, 0
     for (_, values, _, shared), n in zip(parts, sizes):
-        wi = w[..., at:at + n].astype(values.dtype)
+        wi = w[:, at:at + n].astype(values.dtype)
         at += n
         if shared:
             b = values.shape[0]
             wg = wi.reshape(b, -1, *wi.shape[1:])
-            o = o + jnp.einsum("bjhs,bshk->bjhk", wg, values).reshape(q.shape[0], q.shape[1], -1)
+            o = o + jnp.einsum("bjsh,bshk->bjhk", wg, values).reshape(q.shape)
         else:
-            o = o + jnp.einsum("rhs,rshk->rhk", wi, values)
+            o = o + (wi[..., None] * values).sum(1)
     return jnp.einsum("rhk,hkd->rd", o, p["out"]["kernel"]) + p["out"]["bias"]
 
 
@@ -107,9 +107,10 @@ def _full_block(p, x, mask):
 class Cached:
     """Cached single-token decoding for one trained :class:`Decompiler` and its params.
 
-    State (all arrays on the device): ``mem_k``, ``mem_v`` (B, layers, S, heads, head size)
-    and ``mask`` (B, S): the weight side, one copy per program; ``k``, ``v`` (B * width,
-    layers, max_len, heads, head size): each beam's program-token keys and values.
+    State (all arrays on the device): ``mem_k``, ``mem_v`` (one (B, S, heads, head size)
+    array per layer) and ``mask`` (B, S): the weight side, one copy per program; ``k``, ``v``
+    (one (B * width, max_len, heads, head size) array per layer): each beam's program-token
+    keys and values, one array per layer so that a step writes its position in place.
     """
 
     def __init__(self, model: Decompiler):
@@ -117,9 +118,9 @@ class Cached:
         self.prefix = model.architecture == "prefix_lm"
         self._start = jax.jit(self._start_impl, static_argnums=(2, 3))
         self._step = jax.jit(self._step_impl, donate_argnums=(1,))
-        self._take = jax.jit(lambda s, rows: dict(s, k=jnp.take(s["k"], rows, axis=0),
-                                                  v=jnp.take(s["v"], rows, axis=0)),
-                             donate_argnums=(0,))
+        self._take = jax.jit(lambda s, rows: dict(s, **{
+            n: tuple(jnp.take(a, rows, axis=0) for a in s[n]) for n in ("k", "v")}),
+            donate_argnums=(0,))
 
     def _layers(self, params):
         n = self.model.layers if self.prefix else self.model.decoder_layers
@@ -142,24 +143,25 @@ class Cached:
         b = wmask.shape[0]
         h, kd = self.model.heads, self.model.d_model // self.model.heads
         dt = mem_k[0].dtype
-        zeros = jnp.zeros((b * width, len(mem_k), max_len, h, kd), dt)
-        return {"mem_k": jnp.stack(mem_k, 1), "mem_v": jnp.stack(mem_v, 1), "mask": wmask,
-                "k": zeros, "v": zeros.copy()}
+        shape = (b * width, max_len, h, kd)
+        return {"mem_k": tuple(mem_k), "mem_v": tuple(mem_v), "mask": wmask,
+                "k": tuple(jnp.zeros(shape, dt) for _ in mem_k),
+                "v": tuple(jnp.zeros(shape, dt) for _ in mem_k)}
 
     def _step_impl(self, params, state, tokens, t):
         emb = params["program_embed"]
         x = (emb["token"]["embedding"][tokens] + emb["position"]["embedding"][t])
         x = x.astype(self.model.dtype)
-        max_len = state["k"].shape[2]
+        max_len = state["k"][0].shape[1]
         seen = jnp.broadcast_to(jnp.arange(max_len) <= t, (tokens.shape[0], max_len))
-        ks, vs = state["k"], state["v"]
+        ks, vs = list(state["k"]), list(state["v"])
         for i, p in enumerate(self._layers(params)):
             a = p["self_attn"]
             h = _ln(p["ln_self"], x)
-            ks = ks.at[:, i, t].set(_proj(a["key"], h))
-            vs = vs.at[:, i, t].set(_proj(a["value"], h))
-            own = (ks[:, i], vs[:, i], seen, False)
-            mem = (state["mem_k"][:, i], state["mem_v"][:, i], state["mask"], True)
+            ks[i] = ks[i].at[:, t].set(_proj(a["key"], h))
+            vs[i] = vs[i].at[:, t].set(_proj(a["value"], h))
+            own = (ks[i], vs[i], seen, False)
+            mem = (state["mem_k"][i], state["mem_v"][i], state["mask"], True)
             if self.prefix:
                 x = x + _attend(a, _query(a, h), [mem, own])
             else:
@@ -169,7 +171,7 @@ class Cached:
             x = x + _mlp(p, x)
         x = _ln(params["ln_out"], x)
         logits = (x @ params["head"]["kernel"] + params["head"]["bias"]).astype(jnp.float32)
-        return logits, dict(state, k=ks, v=vs)
+        return logits, dict(state, k=tuple(ks), v=tuple(vs))
 
     def bind(self, params: Mapping) -> "Bound":
         """The decoding interface (``start``, ``step``, ``take``) for trained ``params``; the
