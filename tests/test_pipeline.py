@@ -120,6 +120,9 @@ VARIANTS = {"variant_shard": 2 * 4, **VARIANT_DECOMPILERS, "tokenize": 4 + 2 * 4
     (lambda p: p["decompiler"]["evaluate"].update(beam=2),
      {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
       "variants_report": 1, "figure_variants": 1}),
+    (lambda p: p["decompiler"]["search"].update(candidates=4),
+     {"evaluate_decompiler": 1, "figure3": 1, "evaluate_variant_decompiler": 2,
+      "variants_report": 1, "figure_variants": 1}),
     (lambda p: p["variants"]["pca"].update(ratio=0.7),   # the distilled students stay
      {"variant_shard": 4, "tokenize": 4, "train_variant_decompiler": 1, "evaluate_variant_decompiler": 1,
       "variants_report": 1, "figure_variants": 1}),

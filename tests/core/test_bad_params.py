@@ -78,6 +78,10 @@ EDITS = [
      "'dataset.split.train'"),
     ("duplicate-vocab", _set("zoo.vocab", [1, 1]), "'zoo.vocab'"),
     ("empty-variant-list", _set("variants.decompile", []), "'variants.decompile'"),
+    ("no-search-candidates", _set("decompiler.search.candidates", 0),
+     "'decompiler.search.candidates'"),
+    ("negative-search-seconds", _set("decompiler.search.seconds", -1),
+     "'decompiler.search.seconds'"),
     ("bad-task-name", _update("modadd.runs", mod0=1), "'modadd.runs'"),
     # unknown and missing keys
     ("unknown-top-level", _set("extra", {}), "unknown key 'extra'"),

@@ -68,6 +68,8 @@ CPU_FLOPS_PER_THREAD = 9.0e10
 GPU_FLOPS = 2.0e13
 GPU_SPEEDUP = 20.0           # other JAX stages (decoding, CNNs, students) on a GPU vs 2 cores
 DECODE_S = 0.25              # seconds per test program per decoder, default model on 2 cores
+SEARCH_DECODERS_PER_CANDIDATE = 1 / 6  # cached beam search of width K ~ K/6 greedy decodes
+VERIFY_S = 0.2               # CPU seconds per test model to check its candidates (default run)
 REF_DECODER_PARAMS = 1.22e6  # the default decompiler's parameters
 
 # Variant zoos: CPU seconds per program (default run, 1,000 distillation steps, group 16)
@@ -247,7 +249,9 @@ def _decode_seconds(dec: Mapping, decoders: float, gpu: int) -> float:
 
 def _decoders(dec: Mapping) -> float:
     beam = dec["evaluate"]["beam"]
-    return 2 + (beam if beam > 1 else 0)   # constrained + unconstrained (+ beam)
+    # constrained + unconstrained (+ beam) + the verified search's beam of `candidates`
+    return (2 + (beam if beam > 1 else 0)
+            + dec["search"]["candidates"] * SEARCH_DECODERS_PER_CANDIDATE)
 
 
 def _variant_rows(p: Mapping, split: str) -> float:
@@ -326,7 +330,7 @@ def job_resources(rule: str, p: Mapping, wildcards: Mapping[str, str] | None = N
         else:
             n = _variant_rows(p, "test") * p["dataset"]["shards"]["test"]
         mem = _store_mb(n, dec, dec["train"]["eval_batch_size"], n)
-        secs = (n + 10) * _decode_seconds(dec, _decoders(dec), gpu)
+        secs = (n + 10) * (_decode_seconds(dec, _decoders(dec), gpu) + VERIFY_S)
     elif rule == "variant_shard":
         n = _variant_rows(p, w.get("split", "train"))
         kind = w.get("variant", "natural")
