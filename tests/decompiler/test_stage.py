@@ -190,7 +190,8 @@ def test_compile_and_decompile_verbs(trained, tmp_path):
                           "--model", str(d / "model.npz")], capture_output=True, text=True,
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("from tracr.rasp import rasp") and "program = v" in out.stdout
+    assert out.stdout.startswith(("# VERIFIED: ", "# UNVERIFIED best guess: "))
+    assert "\nfrom tracr.rasp import rasp\n" in out.stdout and "program = v" in out.stdout
     out = subprocess.run([env_py, "-m", "metamodels", "decompile", str(src),
                           "--model", str(d / "model.npz")], capture_output=True, text=True,
                          cwd=ROOT)

@@ -32,8 +32,8 @@ import numpy as np
 
 from metamodels.rasp.tokenizer import Vocab
 
-__all__ = ["Checker", "Result", "is_exact", "search", "summarize", "verification_inputs",
-           "weights_identical"]
+__all__ = ["Checker", "Result", "is_exact", "search", "summarize", "seconds_per_model",
+           "verification_inputs", "weights_identical"]
 
 PROBE_PER_LENGTH = 8
 
@@ -64,8 +64,11 @@ class Result:
     identical_weights: bool | None = None
     reason: str | None = None
 
-    def certificate(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tokens"}
+    def certificate(self, timing: bool = True) -> dict:
+        """Every field but ``tokens``; without ``timing`` also without ``seconds`` (the
+        pipeline's outputs are bitwise reproducible, wall times are not)."""
+        drop = {"tokens"} | (set() if timing else {"seconds"})
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in drop}
 
 
 class Checker:
@@ -185,8 +188,9 @@ def verification_inputs(domain: Mapping, params: Mapping) -> tuple[list[np.ndarr
 def summarize(results: Sequence[Result], exact: Sequence[bool], lengths: Sequence[int]) -> dict:
     """The verified search's test metrics: ``verified_accuracy`` (a verified program found),
     ``verified_exact`` (of the verified programs, the share equal to the label token for
-    token), ``rank_histogram`` ({rank: count} of verified programs), seconds per model
-    (mean, max), and ``by_length`` {length: {programs, verified_accuracy}}."""
+    token), ``rank_histogram`` ({rank: count} of verified programs), and ``by_length``
+    {length: {programs, verified_accuracy}}. Deterministic: wall times are left to
+    :func:`seconds_per_model`."""
     n = len(results)
     ver = [r.verified for r in results]
     ranks: dict[str, int] = {}
@@ -198,7 +202,6 @@ def summarize(results: Sequence[Result], exact: Sequence[bool], lengths: Sequenc
         e = by_len.setdefault(str(int(length)), {"programs": 0, "verified": 0})
         e["programs"] += 1
         e["verified"] += int(r.verified)
-    secs = [r.seconds for r in results]
     same = [r.identical_weights for r in results if r.identical_weights is not None]
     return {
         "verified_accuracy": float(np.mean(ver)) if n else 0.0,
@@ -206,8 +209,6 @@ def summarize(results: Sequence[Result], exact: Sequence[bool], lengths: Sequenc
                            if any(ver) else 0.0),
         "verified_identical_weights": float(np.mean(same)) if same else None,
         "rank_histogram": dict(sorted(ranks.items(), key=lambda kv: int(kv[0]))),
-        "seconds_per_model": {"mean": float(np.mean(secs)) if n else 0.0,
-                              "max": float(np.max(secs)) if n else 0.0},
         "by_length": {k: {"programs": e["programs"],
                           "verified_accuracy": e["verified"] / e["programs"]}
                       for k, e in sorted(by_len.items(), key=lambda kv: int(kv[0]))},
@@ -220,3 +221,8 @@ def is_exact(result: Result, target: Sequence[str]) -> bool:
     return result.tokens == strip(list(target))
 
 
+def seconds_per_model(results: Sequence[Result]) -> dict:
+    """Wall seconds of the search per model: ``{"mean", "max"}`` (for timing logs)."""
+    secs = [r.seconds for r in results]
+    return {"mean": round(float(np.mean(secs)), 3) if secs else 0.0,
+            "max": round(float(np.max(secs)), 3) if secs else 0.0}
