@@ -97,7 +97,7 @@ def test_report_counts_every_program(shard, tmp_path):
         m, h = tmp_path / f"{name}_m.json", tmp_path / f"{name}_h.json"
         S.write_json(m, {"test_token_accuracy": acc, "test_exact_accuracy": 0.0,
                          "test_functional_equivalence": 0.1, "test_wellformed": 1.0,
-                         "test_programs": 3, "test_loss": 1.0, "by_length": {},
+                         "test_verified_accuracy": 0.4, "test_programs": 3, "test_loss": 1.0, "by_length": {},
                          "decoding": "constrained"})
         S.write_json(h, {"train_programs": 5, "val_programs": 2,
                          "history": [{"step": 1, "val_token_accuracy": acc}]})

@@ -26,12 +26,13 @@ def figure_variants(metrics_path: str, out: str) -> None:
     left.grid(alpha=0.3)
 
     x = range(len(names))
-    w = 0.27
     bars = [("test_token_accuracy", "token"), ("test_exact_accuracy", "exact program"),
-            ("test_functional_equivalence", "functionally equivalent")]
+            ("test_functional_equivalence", "functionally equivalent"),
+            ("test_verified_accuracy", "verified (search)")]
+    w = 0.8 / len(bars)
     for j, (key, label) in enumerate(bars):
-        right.bar([i + (j - 1) * w for i in x], [doc[n]["decompiler"][key] for n in names], w,
-                  label=label)
+        right.bar([i + (j - (len(bars) - 1) / 2) * w for i in x],
+                  [doc[n]["decompiler"][key] for n in names], w, label=label)
     ticks = []
     for n in names:
         z = doc[n]["zoo"]

@@ -154,7 +154,7 @@ def pack(arrays: Mapping[str, np.ndarray], rows: Sequence[int], models: Sequence
 CSV_FIELDS = ("variant", "zoo_programs", "zoo_accepted", "acceptance_rate", "agreement_median",
               "agreement_min", "width_ratio_median", "train_programs",
               "val_programs", "test_programs", "test_token_accuracy", "test_exact_accuracy",
-              "test_functional_equivalence", "test_wellformed")
+              "test_functional_equivalence", "test_wellformed", "test_verified_accuracy")
 
 
 def zoo_figures(shard_paths: Sequence[str]) -> dict[str, dict]:
