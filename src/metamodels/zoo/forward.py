@@ -73,7 +73,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def forward_residuals(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -> list[np.ndarray]:
     """Residual stream [B, T, D] after embedding and after every half layer.
 
-    Returns ``[embeddings, after attn_0, after mlp_0, after attn_1, ...]``.
+    Returns ``[embeddings, after attn_0, after mlp_0, after attn_1, ...]``. The layers'
+    weights are prepared once per model and dtype and kept on the model object, so a
+    model's ``params`` must not be changed in place after its first forward pass (nothing
+    here does: variants are new models).
     """
     ids = np.asarray(ids)
     if ids.ndim != 2:
