@@ -324,8 +324,8 @@ def decompile_models(models: Sequence, trainer, model_params, cfg, vocab, edges,
     ``beam`` beams). With ``search`` (params holding ``decompiler.search``, ``verify``,
     ``zoo.seed``, ``compile.mlp_exactness``): a :class:`metamodels.decompiler.search.Result`
     per model, its candidates checked against the model's own outputs on ``domain``
-    (default: the decompiler's training domain, ``cfg["domain"]``); ``recompile[i]``: also recompile model i's verified program
-    and compare weights. A model too large to read gives its
+    (default: the decompiler's training domain, ``cfg["domain"]``); ``recompile[i]``: also
+    recompile model i's verified program and compare weights. A model too large to read gives its
     :class:`~metamodels.decompiler.weights.InputTooLarge` instead."""
     index, ex, out = _examples(models, cfg)
     out = [out.get(i) for i in range(len(models))]
@@ -343,15 +343,21 @@ def decompile_models(models: Sequence, trainer, model_params, cfg, vocab, edges,
     ranked = trainer.ranked(model_params, ex, edges, bs, grammar, s["candidates"])
     share = (time.perf_counter() - t0) / len(index)
     domain = domain or cfg["domain"]
-    inputs, exhaustive = SE.verification_inputs(domain, search)
+    inputs = SE.verification_inputs(domain, search)
     for k, i in enumerate(index):
-        seqs, scores = ranked[k]
-        rc = None
-        if recompile is not None and recompile[i]:
-            rc = dict(domain, mlp_exactness=search["compile"]["mlp_exactness"])
-        out[i] = SE.search(SE.Checker(models[i], inputs, search["verify"], exhaustive), seqs,
-                           scores, vocab, s["seconds"], rc, share)
+        out[i] = _search_model(search, models[i], ranked[k], vocab, inputs, domain,
+                               recompile is not None and recompile[i], share)
     return out
+
+
+def _search_model(params: Mapping, model, ranked: tuple, vocab, inputs: tuple, domain: Mapping,
+                  recompile: bool, decode_seconds: float) -> "SE.Result":
+    """The verified search of one model over its ranked candidates ``(sequences, scores)``;
+    ``inputs``: :func:`metamodels.decompiler.search.verification_inputs` of ``domain``."""
+    rc = (dict(domain, mlp_exactness=params["compile"]["mlp_exactness"]) if recompile
+          else None)
+    return SE.search(SE.Checker(model, inputs[0], params["verify"], inputs[1]), *ranked, vocab,
+                     params["decompiler"]["search"]["seconds"], rc, decode_seconds)
 
 
 def verified_search(params: Mapping, trainer, model_params, cfg, vocab, edges, test: B.Split,
@@ -361,13 +367,13 @@ def verified_search(params: Mapping, trainer, model_params, cfg, vocab, edges, t
     (``shard_path:row``), one shard at a time; compiled (``standard``) models'
     verified programs are recompiled and compared bit for bit. ``models``: the shards the
     caller declared; an id naming another file raises ValueError."""
-    from metamodels.zoo.stage import model_of
+    from metamodels.zoo.stage import model_of_row, row
     s = params["decompiler"]["search"]
     bs = cfg["train"]["eval_batch_size"]
     t0 = time.perf_counter()
     ranked = trainer.ranked(model_params, test, edges, bs, grammar, s["candidates"])
     share = (time.perf_counter() - t0) / max(len(test), 1)
-    inputs, exhaustive = SE.verification_inputs(cfg["domain"], params)
+    inputs = SE.verification_inputs(cfg["domain"], params)
     by_path: dict[str, list[tuple[int, int]]] = {}
     for i, ident in enumerate(test.ids):
         path, _, r = ident.rpartition(":")
@@ -384,14 +390,10 @@ def verified_search(params: Mapping, trainer, model_params, cfg, vocab, edges, t
     for path, items in by_path.items():
         arrays = S.load_npz(path)
         for i, r in items:
-            model = model_of(arrays, r)
-            meta = json.loads(str(arrays["meta_json"][r]))
-            rc = None
-            if meta.get("variant", "standard") == "standard":
-                rc = dict(cfg["domain"], mlp_exactness=params["compile"]["mlp_exactness"])
-            seqs, scores = ranked[i]
-            out[i] = SE.search(SE.Checker(model, inputs, params["verify"], exhaustive), seqs,
-                               scores, vocab, s["seconds"], rc, share)
+            rw = row(arrays, r)
+            standard = rw["meta"].get("variant", "standard") == "standard"
+            out[i] = _search_model(params, model_of_row(rw), ranked[i], vocab, inputs,
+                                   cfg["domain"], standard, share)
             done += 1
             if done % 50 == 0 or done == len(test):
                 print(f"[evaluate] verified search {done}/{len(test)}", file=sys.stderr,
@@ -515,10 +517,10 @@ def decompile_file(model_path: str, weights_path: str, params: Mapping, index: i
     from metamodels.decompiler.train import Trainer
     from metamodels.rasp.program import render
     from metamodels.rasp.tokenizer import decode as decode_tokens
-    from metamodels.zoo.stage import model_of
+    from metamodels.zoo.stage import model_of_row
     trainer = Trainer(cfg, vocab)
     try:
-        model = model_of(arrays, index)
+        model = model_of_row(r)
     except (KeyError, TypeError, ValueError) as e:
         raise S.FileFormatError(weights_path, f"row {index}'s 'meta_json' does not describe a "
                                 f"compiled model ({type(e).__name__}: {e}); write one with "

@@ -284,7 +284,11 @@ def pack(kept: list[dict], vocab: Vocab) -> dict[str, np.ndarray]:
 
 def model_of(arrays: Mapping[str, np.ndarray], i: int) -> CompiledModel:
     """Rebuild the CompiledModel of program i from its flat weights, layout and metadata."""
-    r = row(arrays, i)
+    return model_of_row(row(arrays, i))
+
+
+def model_of_row(r: Mapping[str, Any]) -> CompiledModel:
+    """The CompiledModel of a row already read by :func:`row`."""
     named = {}
     for item in r["layout"]:
         start, shape = item["offset"], item["shape"]
