@@ -31,7 +31,7 @@ wildcard_constraints:
     cnn_shard=r"\d{3}",
     hparam_shard=r"\d{3}",
     target=r"[a-z_]+",
-    setting=r"iid|iid_noaug|ood_\w+",
+    setting=r"iid|iid_noaug|iid_aug|ood_\w+",
     task=r"clean|mod\d+",
     variant="standard|orthogonal|pca|compressed|natural",
     source=r"dataset|variants/(standard|orthogonal|pca|compressed|natural)",

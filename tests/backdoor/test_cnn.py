@@ -144,6 +144,26 @@ def test_permute_flat_matches_permute_and_vmaps():
     assert not np.array_equal(np.asarray(again), np.asarray(out[0]))
 
 
+def test_canonical_maps_every_permutation_to_one_point_and_keeps_the_function():
+    lay = cnn.layout(random_params(0))
+    flat = cnn.flatten(random_params(0))
+    keys = [jax.random.PRNGKey(k) for k in range(4)]
+    perms = np.stack([flat] + [np.asarray(cnn.permute_flat(flat, k, lay)) for k in keys])
+    assert len({p.tobytes() for p in perms}) == 5
+    canon = cnn.canonical_flat(perms, lay)
+    for c in canon:
+        np.testing.assert_array_equal(c, canon[0])
+    np.testing.assert_array_equal(canon[0], cnn.canonical_flat(flat, lay))   # [P] in, [P] out
+    x = jnp.asarray(np.random.default_rng(6).random((4, *SHAPE)), jnp.float32)
+    c = cnn.unflatten(jnp.asarray(canon[0]), lay)
+    np.testing.assert_allclose(forward(c, x), forward(random_params(0), x), rtol=1e-5, atol=1e-5)
+    for i, conv in enumerate(cnn._conv_names(c)):   # channels by incoming norm, largest first
+        norms = np.sqrt(np.square(np.asarray(c[conv]["kernel"])).sum(axis=(0, 1, 2)))
+        assert np.all(np.diff(norms) <= 0), conv
+    # another model stays another point
+    assert not np.array_equal(cnn.canonical_flat(cnn.flatten(random_params(1)), lay), canon[0])
+
+
 def test_make_batch_triggers_and_relabels_poisoned_examples():
     rng = np.random.default_rng(2)
     train_x = rng.integers(0, 256, (10, 4, 4, 1), dtype=np.uint8)
@@ -210,6 +230,19 @@ def test_determinism_same_bytes(images, trained):
     again = cnn.train_models(images, tiny_specs(), dict(TINY, vmap_group=2), backend="jax")
     for k in ("weights", "train_loss", "clean_acc", "asr"):
         assert np.asarray(again[k]).tobytes() == np.asarray(trained[k]).tobytes(), k
+
+
+def test_init_seed_sets_the_initial_weights_and_only_them(images, trained):
+    """``init_seed`` (cnn_zoo.init: shared) replaces the seed's init; data order stays the seed's."""
+    specs = tiny_specs()
+    own = [{**specs[0], "init_seed": specs[0]["seed"]}]
+    same = cnn.train_models(images, own, dict(TINY, vmap_group=2), backend="jax")
+    assert same["weights"][0].tobytes() == trained["weights"][0].tobytes()
+    # model 0 started from model 1's weights: a different model, but not model 1 (other data)
+    other = cnn.train_models(images, [{**specs[0], "init_seed": specs[1]["seed"]}],
+                             dict(TINY, vmap_group=2), backend="jax")
+    assert not np.array_equal(other["weights"][0], trained["weights"][0])
+    assert not np.array_equal(other["weights"][0], trained["weights"][1])
 
 
 def test_evaluate_flat_weights_matches_training(images, trained):

@@ -21,6 +21,10 @@ def test_shard_plan_counts_and_seeds(default_params):
     assert plan == B.shard_plan(zoo, 3)                     # deterministic
     seeds = [s for _, s in plan] + [s for _, s in B.shard_plan(zoo, 4)]
     assert len(set(seeds)) == len(seeds)                    # no two models share a seed
+    # the mapping's order does not matter: params.yaml's order and the rules' sorted JSON
+    reordered = dict(zoo, models_per_shard=dict(reversed(list(zoo["models_per_shard"].items()))))
+    assert B.shard_plan(reordered, 3) == plan
+    assert [a for a, _ in plan] == sorted(a for a, _ in plan)
 
 
 def test_model_specs_poison_what_the_attack_says(default_params):
@@ -32,6 +36,42 @@ def test_model_specs_poison_what_the_attack_says(default_params):
         else:
             assert len(spec["poison_idx"]) == poisons.num_poisoned(4000, zoo["poison_rate"])
             assert 0 <= spec["target"] < 10 and spec["mask"].any()
+
+
+def test_poison_stream_is_no_epoch_order_stream(default_params):
+    """A model's trigger and poisoned indices come from a stream of their own: until
+    POISON_STREAM they came from ``[seed, 1]``, the stream of epoch 1's data order."""
+    for _, seed in B.shard_plan(default_params["cnn_zoo"], 0):
+        poison = B.poison_rng(seed).integers(2**62, size=4)
+        for e in range(64):
+            assert not np.array_equal(poison, np.random.default_rng([seed, e]).integers(2**62, size=4))
+
+
+def test_init_seed_per_model_or_shared(default_params):
+    zoo = copy.deepcopy(default_params["cnn_zoo"])
+    zoo["init"] = "per_model"
+    _, specs = B.model_specs(zoo, 0, (28, 28, 1), 4000, 10)
+    assert [s["init_seed"] for s in specs] == [s["seed"] for s in specs]
+    zoo["init"] = "shared"
+    _, shared = B.model_specs(zoo, 0, (28, 28, 1), 4000, 10)
+    _, shared4 = B.model_specs(zoo, 4, (28, 28, 1), 4000, 10)
+    inits = {s["init_seed"] for s in shared + shared4}
+    assert len(inits) == 1 and inits.isdisjoint(s["seed"] for s in shared)
+    assert [s["seed"] for s in shared] == [s["seed"] for s in specs]   # data order unchanged
+    zoo["seed"] += 1
+    assert B.model_specs(zoo, 0, (28, 28, 1), 4000, 10)[1][0]["init_seed"] not in inits
+    zoo["init"] = "pretrained"
+    with pytest.raises(ValueError, match="cnn_zoo.init"):
+        B.model_specs(zoo, 0, (28, 28, 1), 4000, 10)
+
+
+def test_settings_flip_the_configured_augmentation(default_params):
+    det = copy.deepcopy(default_params["detector"])
+    det["model"]["augment"] = True
+    assert B.setting_names(det)[:2] == ["iid", "iid_noaug"]
+    det["model"]["augment"] = False
+    assert B.setting_names(det) == ["iid", "iid_aug"] + [
+        f"ood_{a}" for a in det["ood_train_attacks"]]
 
 
 def test_roles_split_per_attack_and_keep_ood_for_test():
@@ -99,7 +139,7 @@ def test_tiny_zoo_detector_report_and_figure(tmp_path, default_params):
         B.run_detect(p, zoo, setting, out, str(tmp_path / f"history_{setting}.json"))
         scores.append(out)
         sc = S.read_json(out)
-        methods = B.METHODS if setting != "iid_noaug" else ("meta_model", "weight_stats")
+        methods = B.METHODS if setting not in B.FLIPPED else ("meta_model", "weight_stats")
         assert set(sc["scores"]) == set(methods)
         for m in methods:
             assert len(sc["scores"][m]) == len(sc["label"])
@@ -116,7 +156,8 @@ def test_tiny_zoo_detector_report_and_figure(tmp_path, default_params):
     assert set(m["settings"]["iid"]) >= set(B.METHODS)
     assert m["zoo"]["by_attack"]["noise_blend"]["asr"]["max"] <= 1.0
     assert 0.0 <= by["noise_blend"]["auc"] <= 1.0
-    assert set(m["settings"]) == {"iid", "iid_noaug", "ood_noise_blend"}
+    flipped = "iid_noaug" if p["detector"]["model"]["augment"] else "iid_aug"
+    assert set(m["settings"]) == {"iid", flipped, "ood_noise_blend"}
 
     from metamodels.backdoor.figure import figure2
     pdf = tmp_path / "figure2.pdf"

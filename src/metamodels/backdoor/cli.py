@@ -43,7 +43,7 @@ def register(sub) -> None:
                        help="backdoors 2: train the detector and baseline for one setting")
     add_params(p)
     p.add_argument("--zoo", nargs="+", required=True, help="CNN zoo shards")
-    p.add_argument("--setting", required=True, help="iid | iid_noaug | ood_<attack>")
+    p.add_argument("--setting", required=True, help="iid | iid_noaug | iid_aug | ood_<attack>")
     p.add_argument("--scores", required=True, help="output test scores (JSON)")
     p.add_argument("--history", required=True, help="output training history (JSON)")
     p.add_argument("--timing", help="where to write training seconds and throughput (JSON)")

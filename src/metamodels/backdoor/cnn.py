@@ -259,14 +259,38 @@ def permute(params: Mapping, key: jax.Array) -> Params:
 
     Pure jnp (static shapes): jittable, and vmappable over params and keys.
     """
-    out: Params = {layer: dict(v) for layer, v in params.items()}
     convs = _conv_names(params)
     widths = [int(params[c]["bias"].shape[-1]) for c in convs]
     bits = jax.random.bits(key, (sum(widths),), jnp.uint32)
-    off = 0
+    offsets = np.cumsum([0, *widths])
+    return _sort_channels(params, [bits[offsets[i]:offsets[i + 1]] for i in range(len(convs))])
+
+
+def canonical(params: Mapping) -> Params:
+    """The neuron-permutation-equivalent parameters whose channels are in canonical order.
+
+    Every hidden layer's output channels are sorted by the L2 norm of their incoming
+    kernel slice (``conv_k`` kernel ``[..., c]``: 3 x 3 x C_in weights), largest first, and
+    the next layer's input axis follows, exactly as in :func:`permute`; the function is
+    unchanged. The norm of a channel's incoming weights does not depend on the order of the
+    previous layer's channels, so all models that differ by a neuron permutation map to one
+    point (up to ties in the norms, which trained float32 weights do not have). An
+    alternative to permutation augmentation (seed 000 §3.1) for zoos too small to learn the
+    invariance from (docs/backdoor.md). One model's parameters; pure jnp: jittable and vmappable.
+    """
+    convs = _conv_names(params)
+    return _sort_channels(params, [-jnp.sqrt(jnp.sum(jnp.square(params[c]["kernel"]),
+                                                     axis=(0, 1, 2))) for c in convs])
+
+
+def _sort_channels(params: Mapping, keys: Sequence[jax.Array]) -> Params:
+    """`params` with each ``conv_k``'s output channels sorted by ``keys[k]`` (stable), and the
+    layers that read them (``norm_k``, the next conv's or the dense kernel's input axis)
+    permuted to match (:func:`permute`)."""
+    out: Params = {layer: dict(v) for layer, v in params.items()}
+    convs = _conv_names(params)
     for i, conv in enumerate(convs):
-        perm = jnp.argsort(bits[off:off + widths[i]], stable=True)
-        off += widths[i]
+        perm = jnp.argsort(keys[i], stable=True)
         norm = "norm_" + conv[5:]
         out[conv]["kernel"] = out[conv]["kernel"][..., perm]
         out[conv]["bias"] = out[conv]["bias"][perm]
@@ -280,6 +304,21 @@ def permute(params: Mapping, key: jax.Array) -> Params:
 def permute_flat(flat: jnp.ndarray, key: jax.Array, lay: Layout) -> jnp.ndarray:
     """:func:`permute` on one flat vector [P] (jnp); vmap over (flats [B, P], keys [B])."""
     return _flatten(permute(unflatten(jnp.asarray(flat), lay), key), jnp)
+
+
+def canonical_flat(flat: np.ndarray, lay: Layout, batch: int = 256) -> np.ndarray:
+    """:func:`canonical` on flat vectors ``[N, P]`` or ``[P]`` (float32, numpy in and out)."""
+    flat = np.asarray(flat, np.float32)
+    if flat.ndim == 1:
+        return canonical_flat(flat[None], lay, batch)[0]
+    f = _canonical_batch(tuple((n, tuple(s)) for n, s in lay))
+    return np.concatenate([np.asarray(f(flat[i:i + batch])) for i in range(0, len(flat), batch)]
+                          or [np.zeros((0, flat.shape[1]), np.float32)])
+
+
+@functools.lru_cache(maxsize=8)
+def _canonical_batch(lay: tuple):
+    return jax.jit(jax.vmap(lambda f: _flatten(canonical(unflatten(f, list(lay))), jnp)))
 
 
 # ---------------------------------------------------------------------------
@@ -317,13 +356,15 @@ def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
 # specs
 
 def _spec_arrays(specs: Sequence[Mapping], shape: Sequence[int], n_train: int) -> dict:
-    """Stacked per-model arrays: seed, mask, pattern, target, poisoned [M, N]."""
+    """Stacked per-model arrays: seed, init_seed, mask, pattern, target, poisoned [M, N]."""
     m = len(specs)
-    out = {"seed": np.zeros(m, np.int64), "target": np.zeros(m, np.int32),
+    out = {"seed": np.zeros(m, np.int64), "init_seed": np.zeros(m, np.int64),
+           "target": np.zeros(m, np.int32),
            "mask": np.zeros((m, *shape), np.float32), "pattern": np.zeros((m, *shape), np.float32),
            "poisoned": np.zeros((m, n_train), bool)}
     for i, s in enumerate(specs):
         out["seed"][i] = int(s["seed"])
+        out["init_seed"][i] = int(s.get("init_seed", s["seed"]))
         out["target"][i] = int(s.get("target", 0))
         for k in ("mask", "pattern"):
             if s.get(k) is not None:
@@ -415,8 +456,8 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
     (tests/backdoor/test_cnn_torch.py).
 
     `images` has uint8 ``train_x`` [N,H,W,C], int ``train_y`` [N], ``test_x``,
-    ``test_y``. Each spec: ``seed`` (init key ``PRNGKey(seed)``; epoch e's
-    order ``default_rng([seed, e])``), ``mask`` and ``pattern`` (float32
+    ``test_y``. Each spec: ``seed`` (epoch e's order ``default_rng([seed, e])``; init key
+    ``PRNGKey(seed)`` unless the spec has an ``init_seed``), ``mask`` and ``pattern`` (float32
     [H,W,C], the trigger), ``poison_idx`` (training indices to trigger and
     relabel; empty for a clean model), ``target`` (int class).
 
@@ -451,7 +492,7 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
     clean_acc, asr = np.zeros(m), np.zeros(m)
     t0 = time.perf_counter()
     for idx, keep in _groups(m, g):
-        params = _stack([init(jax.random.PRNGKey(int(sd))) for sd in arrays["seed"][idx]])
+        params = _stack([init(jax.random.PRNGKey(int(sd))) for sd in arrays["init_seed"][idx]])
         opt_state = jax.vmap(tx.init)(params)
         per = {k: jnp.asarray(arrays[k][idx]) for k in ("poisoned", "mask", "pattern", "target")}
         for e in range(epochs):

@@ -220,7 +220,8 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
     clean_acc, asr = np.zeros(m), np.zeros(m)
     t0 = time.perf_counter()
     for i, spec in enumerate(specs):
-        start = jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(int(spec["seed"]))))
+        init_seed = int(spec.get("init_seed", spec["seed"]))
+        start = jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(init_seed)))
         params, losses[i] = train_one(images, spec, s, start)
         weights[i] = cnn.flatten(params)
         trig = cnn._spec_arrays([{**spec, "poison_idx": []}], shape, 1)

@@ -84,6 +84,7 @@ DEFAULTS: dict = {
     "heads": 4,
     "mlp": 256,
     "pool": "mean",
+    "embedding": "shared",
     "classes": 1,
     "normalize": False,
     "augment": True,
@@ -140,13 +141,25 @@ class Detector(nn.Module):
     heads: int
     mlp: int
     pool: str = "mean"
+    embedding: str = "shared"
     classes: int = 1
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         k = n_chunks(self.n_inputs, self.chunk_size)
-        h = nn.Dense(self.d_model, dtype=self.dtype, name="embed")(chunk(x, self.chunk_size))
+        chunks = chunk(x, self.chunk_size)
+        if self.embedding == "shared":
+            h = nn.Dense(self.d_model, dtype=self.dtype, name="embed")(chunks)
+        elif self.embedding == "per_chunk":
+            w = self.param("embed_chunks", nn.initializers.variance_scaling(
+                1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2, batch_axis=(0,)),
+                (k, self.chunk_size, self.d_model))
+            b = self.param("embed_chunks_bias", nn.initializers.zeros, (k, self.d_model))
+            h = jnp.einsum("bkc,kcd->bkd", chunks.astype(self.dtype), w.astype(self.dtype)) + b
+        else:
+            raise ValueError(f"detector.embedding: unknown {self.embedding!r}; use shared or "
+                             "per_chunk")
         pos = self.param("position", nn.initializers.normal(0.02), (k, self.d_model))
         h = (h + pos[None].astype(self.dtype)).astype(self.dtype)
         if self.pool == "cls":
@@ -168,6 +181,7 @@ def build(cfg: Mapping, n_inputs: int) -> Detector:
     c = with_defaults(cfg)
     return Detector(n_inputs=n_inputs, chunk_size=c["chunk_size"], d_model=c["d_model"],
                     layers=c["layers"], heads=c["heads"], mlp=c["mlp"], pool=c["pool"],
+                    embedding=c["embedding"],
                     classes=int(c["classes"]), dtype=nn_core.compute_dtype(c["precision"]))
 
 
@@ -198,7 +212,8 @@ def _standardise(x, mean, std):
     return x if mean is None else (x - mean) / std
 
 
-MODEL_KEYS = ("chunk_size", "d_model", "layers", "heads", "mlp", "pool", "classes", "precision")
+MODEL_KEYS = ("chunk_size", "d_model", "layers", "heads", "mlp", "pool", "embedding", "classes",
+              "precision")
 LOOP_KEYS = ("seed", "augment", "normalize", "eval_every", "log_every", "eval_batch_size")
 
 

@@ -32,9 +32,9 @@ def figure2(metrics_path: str, roc_path: str, out: str) -> None:
     In-distribution triggers come from the ``iid`` setting (detectors trained on every
     training attack); each hand-crafted OOD patch and, for every ``ood_<a>`` setting, the
     attacks it did not train on are marked OOD (dashed ROC curves, hatched bars). A method
-    missing from a setting (the query methods in ``iid_noaug``) has no bar there.
+    missing from a setting (the query methods in ``iid_noaug`` / ``iid_aug``) has no bar there.
     """
-    from metamodels.backdoor.stage import METHODS
+    from metamodels.backdoor.stage import FLIPPED, METHODS
     metrics = S.read_json(metrics_path)
     curves = _read_roc(roc_path)
     settings = metrics["settings"]
@@ -42,12 +42,13 @@ def figure2(metrics_path: str, roc_path: str, out: str) -> None:
         raise ValueError(f"{metrics_path}: no 'iid' setting; rerun the backdoor rules")
     # (label, setting, attack, ood) of every bar group: iid triggers, then OOD ones per setting.
     bars = []
-    for setting in sorted(settings, key=lambda s: (s != "iid", s != "iid_noaug", s)):
+    for setting in sorted(settings, key=lambda s: (s != "iid", s not in FLIPPED, s)):
         by = settings[setting]["meta_model"]["by_attack"]
         for attack in sorted(by, key=lambda a: (by[a]["ood"], a)):
-            if setting == "iid_noaug" and by[attack]["ood"]:
+            if setting in FLIPPED and by[attack]["ood"]:
                 continue
-            tag = {"iid": "", "iid_noaug": " (no aug.)"}.get(setting, f" (train {setting[4:]})")
+            tag = {"iid": "", "iid_noaug": " (no aug.)", "iid_aug": " (aug.)"}.get(
+                setting, f" (train {setting[4:]})")
             ood = " OOD" if by[attack]["ood"] else ""
             bars.append((f"{attack}{ood}{tag}", setting, attack, bool(by[attack]["ood"])))
     methods = [m for m in METHODS if any(m in settings[s] for s in settings)]

@@ -11,8 +11,9 @@ Three verbs, one per Snakemake rule:
                     weight-statistics baseline and the query-based ULP and MNTD
                     (:mod:`metamodels.backdoor.baselines`) for one *setting* and scores the
                     test models:
-                    ``iid`` (train on clean + every training attack, with neuron-permutation
-                    augmentation), ``iid_noaug`` (the same without augmentation) and
+                    ``iid`` (train on clean + every training attack, neuron-permutation
+                    augmentation as ``detector.model.augment`` says), ``iid_noaug`` or
+                    ``iid_aug`` (the same with augmentation switched the other way) and
                     ``ood_<attack>`` (train on clean + that one attack; every other attack,
                     including the hand-crafted OOD patches, is out of distribution).
 ``backdoor-report`` (:func:`run_report`) turns the settings' scores into
@@ -25,7 +26,8 @@ numpy only, no pickle), one row per model:
     ``layout``      1-element unicode array: JSON list of ``[name, shape]``
     ``attack``      unicode [M]: ``clean`` or a poison name (:data:`metamodels.backdoor.poisons.ATTACKS`)
     ``target``      int32 [M]: attack target class (-1 for clean models)
-    ``seed``        int64 [M]: init and data-order seed of the model
+    ``seed``        int64 [M]: the model's data-order seed (and its trigger's: :func:`poison_rng`)
+    ``init_seed``   int64 [M]: ``PRNGKey`` seed of its initial weights (:func:`init_seed`)
     ``model_index`` int64 [M]: global index ``shard * models_per_shard + j``
     ``clean_acc``   float64 [M]: test accuracy on clean images
     ``asr``         float64 [M]: attack success rate (NaN for clean models)
@@ -54,6 +56,8 @@ from metamodels.core.config import detection_settings as setting_names
 
 CLEAN = "clean"
 ROLES = ("train", "val", "test")
+#: The ``iid`` setting with the meta-model's permutation augmentation switched off / on.
+FLIPPED = ("iid_noaug", "iid_aug")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,24 +68,42 @@ def shard_plan(zoo: Mapping, shard: int) -> list[tuple[str, int]]:
     """(attack, seed) of every model of one shard, in order.
 
     ``zoo["models_per_shard"]`` maps attack -> count; the shard holds that many models of each,
-    in the mapping's order. Seeds derive from (``zoo.seed``, shard, position) only.
+    attacks in name order (not the mapping's: a params file and the rules' ``--config`` JSON,
+    whose keys are sorted, must give one zoo). Seeds derive from (``zoo.seed``, shard,
+    position) only.
     """
     plan = []
-    for attack, count in zoo["models_per_shard"].items():
-        for _ in range(int(count)):
+    per_shard = zoo["models_per_shard"]
+    for attack in sorted(per_shard):
+        for _ in range(int(per_shard[attack])):
             j = len(plan)
             seed = int(np.random.default_rng([int(zoo["seed"]), shard, j]).integers(2**31 - 1))
             plan.append((attack, seed))
     return plan
 
 
+#: Stream tag of a model's trigger and poisoned indices: ``default_rng([seed, POISON_STREAM])``.
+#: :func:`metamodels.backdoor.cnn.epoch_order` draws epoch ``e`` from ``[seed, e]``, and NumPy's
+#: SeedSequence gives ``[a, b]`` and ``[a, b, 0]`` one stream, so the tag must differ from every
+#: epoch index (the poison stream was ``[seed, 1]``, epoch 1's order, until 2026-12-07).
+POISON_STREAM = 2**31 - 1
+
+
+def poison_rng(seed: int) -> np.random.Generator:
+    """The generator of model ``seed``'s trigger and poisoned indices (:data:`POISON_STREAM`)."""
+    return np.random.default_rng([int(seed), POISON_STREAM])
+
+
 def model_specs(zoo: Mapping, shard: int, shape: tuple[int, int, int], n_train: int,
                 n_classes: int) -> tuple[list[str], list[dict]]:
-    """Attack names and :func:`metamodels.backdoor.cnn.train_models` specs of one shard's models."""
+    """Attack names and :func:`metamodels.backdoor.cnn.train_models` specs of one shard's models.
+
+    Model seed from :func:`shard_plan`; its trigger and poisoned indices from
+    :func:`poison_rng`; its initial weights from :func:`init_seed`."""
     from metamodels.backdoor import poisons as P
     attacks, specs = [], []
     for attack, seed in shard_plan(zoo, shard):
-        rng = np.random.default_rng([seed, 1])
+        rng = poison_rng(seed)
         if attack == CLEAN:
             spec = {"mask": np.zeros(shape, np.float32), "pattern": np.zeros(shape, np.float32),
                     "target": -1, "poison_idx": np.zeros(0, np.int64)}
@@ -89,8 +111,24 @@ def model_specs(zoo: Mapping, shard: int, shape: tuple[int, int, int], n_train: 
             spec = P.sample_attack(zoo, attack, rng, shape, n_classes)
             spec["poison_idx"] = P.poison_indices(n_train, float(zoo["poison_rate"]), rng)
         attacks.append(attack)
-        specs.append({**spec, "seed": seed})
+        specs.append({**spec, "seed": seed, "init_seed": init_seed(zoo, seed)})
     return attacks, specs
+
+
+#: Stream tag of the zoo's shared initial weights: ``default_rng([cnn_zoo.seed, INIT_STREAM])``
+#: (:func:`shard_plan` draws model seeds from ``[cnn_zoo.seed, shard, j]``, shards < 2**31 - 1).
+INIT_STREAM = 2**31 - 1
+
+
+def init_seed(zoo: Mapping, seed: int) -> int:
+    """The ``PRNGKey`` seed of model ``seed``'s initial weights: its own seed under
+    ``cnn_zoo.init: per_model`` (seed 000), one seed for the whole zoo under ``shared``."""
+    mode = zoo.get("init", "per_model")
+    if mode == "per_model":
+        return int(seed)
+    if mode == "shared":
+        return int(np.random.default_rng([int(zoo["seed"]), INIT_STREAM]).integers(2**31 - 1))
+    raise ValueError(f"cnn_zoo.init: unknown {mode!r}; use per_model or shared")
 
 
 def run_zoo_shard(params: Mapping, shard: int, out: str) -> None:
@@ -122,6 +160,7 @@ def run_zoo_shard(params: Mapping, shard: int, out: str) -> None:
         "attack": S.text_array(attacks),
         "target": np.array([s["target"] for s in specs], np.int32),
         "seed": np.array([s["seed"] for s in specs], np.int64),
+        "init_seed": np.array([s["init_seed"] for s in specs], np.int64),
         "model_index": shard * len(specs) + np.arange(len(specs), dtype=np.int64),
         "clean_acc": np.asarray(res["clean_acc"], np.float64),
         "asr": np.asarray(asr, np.float64),
@@ -182,7 +221,7 @@ def setting_split(zoo: Mapping, det: Mapping, setting: str) -> dict[str, np.ndar
     attacks = zoo["attack"]
     usable = (attacks == CLEAN) | zoo["poisoned"]
     role = roles(attacks, P.OOD_ATTACKS, det["split"], int(det["seed"]))
-    if setting in ("iid", "iid_noaug"):
+    if setting in ("iid", *FLIPPED):
         trainable = np.isin(attacks, (CLEAN, *P.TRAIN_ATTACKS))
     elif setting.startswith("ood_") and setting[4:] in P.TRAIN_ATTACKS:
         trainable = np.isin(attacks, (CLEAN, setting[4:]))
@@ -208,7 +247,7 @@ TIMING_KEYS = ("train_s", "examples_per_s")
 
 def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_out: str,
                history_out: str, timing_out: str | None = None) -> None:
-    """Train the four detectors (:data:`METHODS`; ULP and MNTD not in ``iid_noaug``) for one
+    """Train the four detectors (:data:`METHODS`; ULP and MNTD not in :data:`FLIPPED`) for one
     setting on the same split; write the test models' scores and the meta-model's training
     history (JSON), and the wall-clock seconds to ``timing_out`` (JSON) when given."""
     from metamodels.backdoor import cnn
@@ -218,8 +257,8 @@ def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_o
     split = setting_split(zoo, det, setting)
     x, labels = zoo["weights"], (zoo["attack"] != CLEAN).astype(np.int32)
     cfg = dict(det["model"])
-    if setting == "iid_noaug":
-        cfg["augment"] = False
+    if setting in FLIPPED:
+        cfg["augment"] = setting == "iid_aug"
     lay = zoo["layout"]
     augment = None
     if cfg.get("augment", True):
@@ -244,7 +283,7 @@ def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_o
                         int(det["baseline"]["steps"]))
     scores["weight_stats"] = D.predict_logreg(base, feats[te])
     seconds["weight_stats"] = time.perf_counter() - t0
-    if setting != "iid_noaug":  # the query methods see no weights: iid_noaug would repeat iid
+    if setting not in FLIPPED:  # the query methods see no weights: they would repeat iid
         from metamodels.backdoor import baselines as Q
         for name, fit, score in (("ulp", Q.fit_ulp, Q.score_ulp),
                                  ("mntd", Q.fit_mntd, Q.score_mntd)):

@@ -259,6 +259,9 @@ def distill_ratio(distill: Mapping[str, Any], kind: str) -> float:
 
 
 def detection_settings(detector: Mapping[str, Any]) -> list[str]:
-    """The backdoor-detection settings ``detector`` params ask for: iid, iid_noaug, then
-    ood_<attack> for each of ``detector.ood_train_attacks``."""
-    return ["iid", "iid_noaug"] + [f"ood_{a}" for a in detector["ood_train_attacks"]]
+    """The backdoor-detection settings ``detector`` params ask for: ``iid``; the same with
+    neuron-permutation augmentation switched the other way (``iid_noaug`` when
+    ``detector.model.augment`` is true, ``iid_aug`` when false); then ``ood_<attack>`` for each
+    of ``detector.ood_train_attacks``."""
+    flipped = "iid_noaug" if detector.get("model", {}).get("augment", True) else "iid_aug"
+    return ["iid", flipped] + [f"ood_{a}" for a in detector["ood_train_attacks"]]

@@ -92,7 +92,7 @@ def forward_residuals(model: CompiledModel, ids: np.ndarray, dtype=np.float32) -
     x = tok[ids] + pos[np.arange(seq_len)][None]
     out = [x]
 
-    num_heads, key_size = model.num_heads, model.key_size
+    key_size = model.key_size
     if model.causal:
         mask = np.tril(np.ones((seq_len, seq_len), bool))[None, None]
     else:
