@@ -3,9 +3,11 @@
 Meta-model (spec §3.1, Figure 1)
     A base model's flat weight vector ``[P]`` is cut into ``ceil(P / chunk_size)``
     chunks (the last one zero-padded); each chunk is embedded by one ``Dense(d_model)``
-    plus a learned per-chunk position embedding, passed through ``layers`` pre-LayerNorm
-    transformer blocks (:class:`metamodels.core.nn.Block`, bidirectional, no mask),
-    a final LayerNorm, mean-pooled over chunks (``pool: mean``; ``pool: cls`` prepends a
+    shared by all chunks (``embedding: shared``, seed 000 Fig. 1) or by a ``Dense`` of its own
+    (``embedding: per_chunk``: a per-weight linear path, which few training models can fit;
+    measured in docs/backdoor.md), plus a learned per-chunk position embedding, passed
+    through ``layers`` pre-LayerNorm transformer blocks (:class:`metamodels.core.nn.Block`,
+    bidirectional, no mask), a final LayerNorm, mean-pooled over chunks (``pool: mean``; ``pool: cls`` prepends a
     learned token and reads it instead) and mapped to one logit: P(poisoned) = sigmoid.
     With ``classes: K`` > 1 the head has K logits and the loss is softmax cross-entropy over
     integer labels 0..K-1: seed 000 App. A's classification head, used to predict training
