@@ -7,8 +7,9 @@ Meta-model (spec §3.1, Figure 1)
     (``embedding: per_chunk``: a per-weight linear path, which few training models can fit;
     measured in docs/backdoor.md), plus a learned per-chunk position embedding, passed
     through ``layers`` pre-LayerNorm transformer blocks (:class:`metamodels.core.nn.Block`,
-    bidirectional, no mask), a final LayerNorm, mean-pooled over chunks (``pool: mean``; ``pool: cls`` prepends a
-    learned token and reads it instead) and mapped to one logit: P(poisoned) = sigmoid.
+    bidirectional, no mask), a final LayerNorm, mean-pooled over chunks (``pool: mean``;
+    ``pool: cls`` prepends a learned token and reads it instead) and mapped to one logit:
+    P(poisoned) = sigmoid.
     With ``classes: K`` > 1 the head has K logits and the loss is softmax cross-entropy over
     integer labels 0..K-1: seed 000 App. A's classification head, used to predict training
     hyperparameters (:mod:`metamodels.hparams`).
