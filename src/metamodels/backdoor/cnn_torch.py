@@ -10,7 +10,7 @@ op is larger, so which path wins depends on the image size (28x28: PyTorch 1.2x;
 the same record, and the zoo's file format does not depend on the path.
 
 What is the same as the JAX path, so a model means one thing whatever trains it:
-  * initial weights: :func:`metamodels.backdoor.cnn.init_params` (JAX) with the model's seed,
+  * initial weights: :func:`metamodels.backdoor.cnn.init_params` (JAX) with the model's init seed,
     converted to PyTorch's layouts (conv kernels HWIO -> OIHW);
   * data order (:func:`metamodels.backdoor.cnn.epoch_order`), poisoned indices, trigger
     (``x * (1 - mask) + mask * pattern`` on pixels / 255) and relabelling;
@@ -220,11 +220,11 @@ def train_models(images: Any, specs: Sequence[Mapping], cfg: Mapping | None = No
     clean_acc, asr = np.zeros(m), np.zeros(m)
     t0 = time.perf_counter()
     for i, spec in enumerate(specs):
-        init_seed = int(spec.get("init_seed", spec["seed"]))
-        start = jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(init_seed)))
+        trig = cnn._spec_arrays([{**spec, "poison_idx": []}], shape, 1)
+        start = jax.tree_util.tree_map(np.asarray,
+                                       init(jax.random.PRNGKey(int(trig["init_seed"][0]))))
         params, losses[i] = train_one(images, spec, s, start)
         weights[i] = cnn.flatten(params)
-        trig = cnn._spec_arrays([{**spec, "poison_idx": []}], shape, 1)
         clean_acc[i], asr[i] = evaluate_one(to_torch_params(params), images, trig["mask"][0],
                                             trig["pattern"][0], int(trig["target"][0]),
                                             int(s["eval_batch_size"]))
