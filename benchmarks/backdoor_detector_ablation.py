@@ -27,7 +27,7 @@ import numpy as np
 from metamodels.backdoor import cnn
 from metamodels.backdoor import detector as D
 from metamodels.backdoor import stage as B
-from metamodels.core import config, shards
+from metamodels.core import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -70,18 +70,14 @@ def main() -> None:
     params = config.load(args.params)
     det = params["detector"]
     zoo = B.load_zoo(paths)
-    import jax
-    init_seeds = {int(s) for p in paths for s in shards.load_npz(p, ["init_seed"])["init_seed"]}
-    init = "shared" if len(init_seeds) == 1 else "per_model"
+    init = "shared" if len(set(zoo["init_seed"].tolist())) == 1 else "per_model"
     x, y = zoo["weights"], (zoo["attack"] != B.CLEAN).astype(np.int32)
     lay = zoo["layout"]
     split = B.setting_split(zoo, det, "iid")
     tr, va, te = split["train"], split["val"], split["test"]
     canonical = None
     feats = D.weight_stats(x, lay)
-
-    def augment(flat, keys):
-        return jax.vmap(lambda f, k: cnn.permute_flat(f, k, lay))(flat, keys)
+    augment = B.permutation_augment(lay)
 
     def record(rec: dict, scores: np.ndarray) -> None:
         by = D.evaluate_by_attack(scores, y[te], zoo["attack"][te].tolist())

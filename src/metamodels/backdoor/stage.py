@@ -175,7 +175,8 @@ def run_zoo_shard(params: Mapping, shard: int, out: str) -> None:
           f"{zoo['asr_threshold']}; {time.perf_counter() - t0:.1f}s -> {out}", file=sys.stderr)
 
 
-COLUMNS = ("weights", "attack", "target", "seed", "model_index", "clean_acc", "asr", "poisoned")
+COLUMNS = ("weights", "attack", "target", "seed", "init_seed", "model_index", "clean_acc", "asr",
+           "poisoned")
 
 
 def load_zoo(paths: Sequence[str], weights: bool = True) -> dict:
@@ -245,12 +246,23 @@ def setting_split(zoo: Mapping, det: Mapping, setting: str) -> dict[str, np.ndar
 TIMING_KEYS = ("train_s", "examples_per_s")
 
 
+def permutation_augment(lay):
+    """The meta-model's ``augment(flat_batch [B, P], keys [B]) -> [B, P]``: every row's neurons
+    permuted by :func:`metamodels.backdoor.cnn.permute_flat` under its own key (layout ``lay``)."""
+    import jax
+
+    from metamodels.backdoor import cnn
+
+    def augment(flat, keys):
+        return jax.vmap(lambda f, k: cnn.permute_flat(f, k, lay))(flat, keys)
+    return augment
+
+
 def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_out: str,
                history_out: str, timing_out: str | None = None) -> None:
     """Train the four detectors (:data:`METHODS`; ULP and MNTD not in :data:`FLIPPED`) for one
     setting on the same split; write the test models' scores and the meta-model's training
     history (JSON), and the wall-clock seconds to ``timing_out`` (JSON) when given."""
-    from metamodels.backdoor import cnn
     from metamodels.backdoor import detector as D
     det = params["detector"]
     zoo = load_zoo(zoo_paths)
@@ -260,12 +272,7 @@ def run_detect(params: Mapping, zoo_paths: Sequence[str], setting: str, scores_o
     if setting in FLIPPED:
         cfg["augment"] = setting == "iid_aug"
     lay = zoo["layout"]
-    augment = None
-    if cfg.get("augment", True):
-        import jax
-
-        def augment(flat, keys):
-            return jax.vmap(lambda f, k: cnn.permute_flat(f, k, lay))(flat, keys)
+    augment = permutation_augment(lay) if cfg.get("augment", True) else None
     tr, va, te = (split[r] for r in ROLES)
     print(f"[detect] {setting}: {len(tr)} train / {len(va)} val / {len(te)} test models",
           file=sys.stderr)
