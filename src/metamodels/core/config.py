@@ -84,6 +84,16 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
     if "split" in d and abs(sum(d["split"].values()) - 1.0) > 1e-9:
         raise ParamsError(f"{source}: 'dataset.split' fractions must sum to 1, "
                           f"got {sum(d['split'].values())}")
+    dec = params.get("decompiler", {})
+    if dec.get("train", {}).get("residual_supervision", 0) > 0:
+        for key, need in (("input.tokenization", "residual"),
+                          ("model.architecture", "encoder_decoder")):
+            sec, name = key.split(".")
+            got = dec.get(sec, {}).get(name, need)
+            if got != need:
+                raise ParamsError(f"{source}: 'decompiler.train.residual_supervision' > 0 needs "
+                                  f"'decompiler.{key}: {need}' (got {got!r}); set "
+                                  f"residual_supervision to 0 or {key} to {need}")
     m = params.get("modadd", {})
     if "patching_task" in m and "runs" in m and m["patching_task"] not in m["runs"]:
         raise ParamsError(f"{source}: 'modadd.patching_task' ({m['patching_task']}) must be one "

@@ -251,9 +251,9 @@ class StoredColumns:
     def all(self, name: str) -> np.ndarray:
         return self.rows(name, 0, self._column(name)[2][0]).copy()
 
-    def close(self) -> None:
+    def close(self, _close=os.close) -> None:  # bound now: ``os`` may be gone at exit
         if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+            _close(self._fd)
             self._fd = None
 
     def __del__(self):

@@ -65,6 +65,7 @@ class Examples:
     length: np.ndarray      # (n,) number of ops
     ids: list[str]          # "shard_path:row"
     skipped: dict[str, int]
+    residual_slot: np.ndarray | None = None  # (n, max_residual) int8; None: all 0
 
     def __len__(self) -> int:
         return int(self.programs.shape[0])
@@ -79,15 +80,17 @@ class Examples:
 
     def read(self, idx: Sequence[int]) -> dict[str, np.ndarray]:
         """Tokens of programs ``idx`` concatenated in that order (``features``, ``kind``,
-        ``layer``, ``index``) and their ``program`` rows; as
+        ``layer``, ``index``), their ``program`` and ``residual_slot`` rows; as
         :meth:`metamodels.decompiler.tokens.TokenStore.read`."""
         idx = np.asarray(idx, np.int64)
         starts, counts = self.offsets[idx], np.diff(self.offsets)[idx]
         pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         src = np.repeat(starts, counts) + pos
+        slots = (np.zeros((len(idx), 1), np.int8) if self.residual_slot is None
+                 else self.residual_slot[idx])
         return {"features": self.features[src], "kind": self.kind[src],
                 "layer": self.layer[src], "index": self.index[src],
-                "program": self.programs[idx]}
+                "program": self.programs[idx], "residual_slot": slots}
 
 
 def example(r: Mapping, input_cfg: Mapping, max_program_tokens: int, pad_id: int = 0):
@@ -106,9 +109,16 @@ def example(r: Mapping, input_cfg: Mapping, max_program_tokens: int, pad_id: int
     return t, p
 
 
+def row_slots(r: Mapping, input_cfg: Mapping) -> np.ndarray:
+    """(max_residual,) int8 residual slots of one zoo row (all 0 when its metadata has no
+    residual labels)."""
+    labels = r["meta"].get("model", {}).get("residual_labels", [])
+    return W.residual_slots(labels, int(input_cfg["max_residual"]))
+
+
 def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int,
                pad_id: int = 0, limit: int | None = None) -> Examples:
-    feats, kinds, layers, index, progs, lengths, ids = [], [], [], [], [], [], []
+    feats, kinds, layers, index, progs, lengths, ids, slots = [], [], [], [], [], [], [], []
     skipped: collections.Counter = collections.Counter()
     for path in paths:
         arrays = S.load_npz(path)
@@ -125,6 +135,7 @@ def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int
             layers.append(t.layer)
             index.append(t.index)
             progs.append(p)
+            slots.append(row_slots(r, input_cfg))
             lengths.append(int(r["meta"]["length"]))
             ids.append(f"{path}:{i}")
     if not progs and not skipped:
@@ -138,7 +149,7 @@ def load_split(paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int
     offsets[1:] = np.cumsum([len(f) for f in feats])
     ex = Examples(np.concatenate(feats), np.concatenate(kinds), np.concatenate(layers),
                   np.concatenate(index), offsets, np.stack(progs), np.array(lengths, np.int32),
-                  ids, dict(skipped))
+                  ids, dict(skipped), np.stack(slots))
     if skipped:
         print(f"[batches] skipped {dict(skipped)} of {len(ex) + sum(skipped.values())} programs "
               f"in {len(paths)} shard(s)", file=sys.stderr)
@@ -175,6 +186,7 @@ def make_batch(ex: Split, idx: np.ndarray, edges: Sequence[int],
            "kind": np.zeros((b, t), np.int32), "layer": np.zeros((b, t), np.int32),
            "index": np.zeros((b, t), np.int32), "mask": np.zeros((b, t), bool),
            "program": np.zeros((b, ex.program_width), np.int32),
+           "residual_slot": np.zeros((b, tok["residual_slot"].shape[1]), np.int32),
            "valid": np.zeros(b, bool)}
     # one scatter for the whole batch: (row, position) <- the idx-ordered tokens
     rows = np.repeat(np.arange(len(idx)), n_tok)
@@ -183,6 +195,7 @@ def make_batch(ex: Split, idx: np.ndarray, edges: Sequence[int],
         out[k][rows, pos] = tok[k]
     out["mask"][rows, pos] = True
     out["program"][:len(idx)] = tok["program"]
+    out["residual_slot"][:len(idx)] = tok["residual_slot"]
     out["valid"][:len(idx)] = True
     return out
 

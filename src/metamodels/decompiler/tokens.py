@@ -22,6 +22,10 @@ so that any row can be read without the rest. Its columns, for ``n`` programs ke
   ``token_offsets`` (n + 1, int64): the token tags, program ``i`` at
   ``token_offsets[i]:token_offsets[i+1]``.
 * ``program`` (n, max_program_tokens) int32: canonical program tokens, PAD-filled.
+* ``residual_slot`` (n, max_residual) int8: what each residual dimension of program ``i``
+  holds (:func:`metamodels.decompiler.weights.residual_slots`), the targets of the auxiliary
+  residual supervision. Shards written before it existed lack it; they still train without
+  that supervision.
 * ``length`` (n,) int32 ops; ``row`` (n,) int32 the row of the dataset shard it came from.
 * ``shard_json``: the source shard, the ``decompiler.input`` config and
   ``max_program_tokens`` it was made with, ``programs`` and ``skipped`` (per reason).
@@ -66,10 +70,10 @@ def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: st
     ``decompiler.max_program_tokens`` (seed 001 App. B.2). Returns the ``shard_json`` record.
     Raises :class:`~metamodels.core.shards.FileFormatError` naming ``dataset_path`` when it is
     not a zoo-format shard."""
-    from metamodels.decompiler.batches import example
+    from metamodels.decompiler.batches import example, row_slots
     from metamodels.zoo.rows import row
     arrays = S.load_npz(dataset_path)
-    blobs, tags, progs, lengths, rows = [], {t: [] for t in TAGS}, [], [], []
+    blobs, tags, progs, lengths, rows, slots = [], {t: [] for t in TAGS}, [], [], [], []
     skipped: collections.Counter = collections.Counter()
     n = int(arrays["length"].shape[0])
     for i in range(n):
@@ -83,6 +87,7 @@ def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: st
         for k in TAGS:
             tags[k].append(getattr(t, k))
         progs.append(p)
+        slots.append(row_slots(r, input_cfg))
         lengths.append(int(r["meta"]["length"]))
         rows.append(i)
     record = {"format": FORMAT, "source": str(dataset_path), "input": tokenizer_input(input_cfg),
@@ -96,6 +101,8 @@ def tokenize_shard(input_cfg: Mapping, max_program_tokens: int, dataset_path: st
     out["token_offsets"] = offsets
     out["program"] = (np.stack(progs) if progs
                       else np.zeros((0, max_program_tokens), np.int32))
+    out["residual_slot"] = (np.stack(slots) if slots
+                            else np.zeros((0, int(input_cfg["max_residual"])), np.int8))
     out["length"] = np.array(lengths, np.int32)
     out["row"] = np.array(rows, np.int32)
     out["shard_json"] = S.text_array([S.dumps_json(record)])
@@ -132,6 +139,7 @@ class TokenStore:
     def __init__(self, paths: Sequence[str], input_cfg: Mapping, max_program_tokens: int):
         self.paths = list(paths)
         self.width = W.feature_width(input_cfg)
+        self.max_residual = int(input_cfg["max_residual"])
         self.program_width = int(max_program_tokens)
         self._cols: list[S.StoredColumns] = []
         self._starts = [0]
@@ -182,9 +190,10 @@ class TokenStore:
 
     def read(self, idx: Sequence[int]) -> dict[str, np.ndarray]:
         """Tokens of programs ``idx``, concatenated in that order: ``features`` (sum of their
-        tokens, width) float32, ``kind``/``layer``/``index`` int32, and ``program``
-        (len(idx), max_program_tokens) int32."""
-        feats, tags, progs = [], {t: [] for t in TAGS}, []
+        tokens, width) float32, ``kind``/``layer``/``index`` int32, ``program``
+        (len(idx), max_program_tokens) int32 and ``residual_slot`` (len(idx), max_residual)
+        int8 (zeros from a shard written without that column)."""
+        feats, tags, progs, slots = [], {t: [] for t in TAGS}, [], []
         for i in idx:
             k, j = self._locate(i)
             cols = self._cols[k]
@@ -196,10 +205,13 @@ class TokenStore:
             for t in TAGS:
                 tags[t].append(cols.rows(t, t0, t1))
             progs.append(cols.rows("program", j, j + 1))
+            slots.append(cols.rows("residual_slot", j, j + 1) if "residual_slot" in cols.columns
+                         else np.zeros((1, self.max_residual), np.int8))
         out = {"features": np.concatenate(feats).astype(np.float32, copy=False)}
         for t in TAGS:
             out[t] = np.concatenate(tags[t])
         out["program"] = np.concatenate(progs)
+        out["residual_slot"] = np.concatenate(slots)
         return out
 
     def close(self) -> None:

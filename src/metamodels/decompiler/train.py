@@ -59,7 +59,9 @@ class Trainer:
         self.cached = Cached(self.model)
     def init(self, example: Mapping[str, np.ndarray]):
         key = jax.random.PRNGKey(self.cfg["seed"])
-        params = self.model.init(key, _device(example), jnp.asarray(example["program"][:, :-1]))
+        method = "with_residual" if T.residual_weight(self.cfg) else None
+        params = self.model.init(key, _device(example), jnp.asarray(example["program"][:, :-1]),
+                                 method=method)
         params = params["params"]
         return params, self.tx.init(params)
 
@@ -73,11 +75,26 @@ class Trainer:
         correct = (logits.argmax(-1) == tgt) & w
         return (ce * w).sum() / n, (correct, w)
 
+    def _train_loss(self, params, batch):
+        """Next-token cross-entropy, plus ``residual_supervision`` x the auxiliary loss."""
+        lam = T.residual_weight(self.cfg)
+        if not lam:
+            loss, _ = self._loss(params, batch)
+            return loss, {"loss": loss}
+        prog = batch["program"]
+        inp, tgt = prog[:, :-1], prog[:, 1:]
+        logits, res = self.model.apply({"params": params}, batch, inp, method="with_residual")
+        w = (tgt != self.pad) & batch["valid"][:, None]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
+        ce = (ce * w).sum() / jnp.maximum(w.sum(), 1)
+        aux = residual_loss(res, batch, int(self.cfg["input"]["max_residual"]))
+        return ce + lam * aux, {"loss": ce, "residual_loss": aux}
+
     def _train_step(self, params, opt_state, batch):
-        (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
+        (_, m), grads = jax.value_and_grad(self._train_loss, has_aux=True)(params, batch)
         updates, opt_state = self.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {**m, "grad_norm": optax.global_norm(grads)}
 
     def _eval_step(self, params, batch):
         loss, (correct, w) = self._loss(params, batch)
@@ -119,6 +136,34 @@ class Trainer:
         best of ``beam`` beams."""
         ranked = self.ranked(params, ex, edges, batch_size, grammar, beam, subset)
         return {i: seqs[0] for i, (seqs, _) in ranked.items()}
+
+
+def residual_targets(batch: Mapping, max_residual: int, slots: int):
+    """(B, Tw, 2, slots) bool: whether weight token t's first (0) or second (1) residual half
+    has a nonzero entry in a dimension of each slot (``batch["residual_slot"]`` (B,
+    max_residual), :func:`metamodels.decompiler.weights.residual_slots`). Raises ValueError
+    when the batch carries no slots of that width (token shards written before the column)."""
+    if batch["residual_slot"].shape[1] != max_residual:
+        raise ValueError(
+            "decompiler.train.residual_supervision > 0 needs each program's residual slots "
+            "(decompiler.input.tokenization: residual, and token shards with the "
+            "'residual_slot' column); rerun the tokenize jobs (`snakemake --forcerun "
+            "tokenize ...`) or set residual_supervision to 0")
+    f = batch["features"]
+    halves = jnp.stack([f[..., :max_residual] != 0,
+                        f[..., max_residual:2 * max_residual] != 0], axis=2)  # B,Tw,2,R
+    onehot = jax.nn.one_hot(batch["residual_slot"], slots, dtype=jnp.float32)  # B,R,S
+    return jnp.einsum("btkr,brs->btks", halves.astype(jnp.float32), onehot) > 0
+
+
+def residual_loss(logits, batch: Mapping, max_residual: int):
+    """Mean sigmoid cross-entropy of the residual head (B, Tw, 2, S) against
+    :func:`residual_targets`, over valid weight tokens and the known slots (1..S-1)."""
+    slots = logits.shape[-1]
+    tgt = residual_targets(batch, max_residual, slots)
+    bce = optax.sigmoid_binary_cross_entropy(logits, tgt.astype(jnp.float32))[..., 1:]
+    w = (batch["mask"] & batch["valid"][:, None]).astype(jnp.float32)
+    return (bce.mean((2, 3)) * w).sum() / jnp.maximum(w.sum(), 1)
 
 
 class Prefetcher:
@@ -254,7 +299,9 @@ def train_and_evaluate(cfg: Mapping, workdir: str | pathlib.Path, train: B.Split
             if done % t["log_every"] == 0 or done == steps:
                 el = time.perf_counter() - t0
                 recent = float(np.mean(jax.device_get(losses[-t["log_every"]:])))
-                log(f"[train] step {done}/{steps} loss {recent:.4f} "
+                aux = (f" residual_loss {float(m['residual_loss']):.4f}"
+                       if "residual_loss" in m else "")
+                log(f"[train] step {done}/{steps} loss {recent:.4f}{aux} "
                     f"grad_norm {float(m['grad_norm']):.3f} {tokens_seen / el:,.0f} tokens/s "
                     f"eta {el / max(done - start, 1) * (steps - done):.0f}s")
             if done % t["eval_every"] == 0 or done == steps:

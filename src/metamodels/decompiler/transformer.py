@@ -13,6 +13,11 @@ Two architectures share one pre-LayerNorm transformer block:
 Weight tokens are embedded as ``Dense(features) + Embed(kind) + Embed(layer) +
 Embed(index)``; program tokens as ``Embed(token) + Embed(position)``. The
 model returns next-token logits at every program position.
+
+With ``residual_slots > 0`` (``decompiler.train.residual_supervision > 0``, encoder-decoder
+only) an extra head on the encoder states gives, for each weight token, logits of which
+variables (:data:`metamodels.decompiler.weights.SLOTS`) its two residual halves read or write:
+the auxiliary supervision of :meth:`Decompiler.with_residual`.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class Decompiler(nn.Module):
     max_layers: int
     max_index: int
     dtype: jnp.dtype = jnp.float32
+    residual_slots: int = 0
 
     def setup(self):
         kw = dict(d_model=self.d_model, heads=self.heads, mlp=self.mlp, dtype=self.dtype)
@@ -85,6 +91,12 @@ class Decompiler(nn.Module):
                              "use prefix_lm or encoder_decoder")
         self.ln_out = nn.LayerNorm(dtype=self.dtype)
         self.head = nn.Dense(self.vocab_size, dtype=jnp.float32)
+        if self.residual_slots:
+            if self.architecture != "encoder_decoder":
+                raise ValueError("decompiler.train.residual_supervision > 0 needs "
+                                 "decompiler.model.architecture: encoder_decoder (the prefix LM "
+                                 "has no encoder states); set it to 0 or change the architecture")
+            self.residual_head = nn.Dense(2 * self.residual_slots, dtype=jnp.float32)
 
     def encode(self, batch):
         """Encoder states (encoder_decoder) or embedded weight tokens (prefix_lm)."""
@@ -125,6 +137,15 @@ class Decompiler(nn.Module):
     def __call__(self, batch, program_in):
         return self.decode(self.encode(batch), batch["mask"], program_in)
 
+    def with_residual(self, batch, program_in):
+        """``(logits (B, Tp, vocab), residual logits (B, Tw, 2, residual_slots))``: the
+        program logits and, per weight token, the logits of each slot being read by (index 0)
+        or written by (index 1) its first and second residual half."""
+        memory = self.encode(batch)
+        r = self.residual_head(memory).astype(jnp.float32)
+        return (self.decode(memory, batch["mask"], program_in),
+                r.reshape(*r.shape[:2], 2, self.residual_slots))
+
 
 def build(cfg: Mapping, vocab_size: int, dtype=jnp.float32) -> Decompiler:
     m, i = cfg["model"], cfg["input"]
@@ -132,4 +153,9 @@ def build(cfg: Mapping, vocab_size: int, dtype=jnp.float32) -> Decompiler:
                       max_program_tokens=cfg["max_program_tokens"], d_model=m["d_model"],
                       layers=m["layers"], decoder_layers=m["decoder_layers"], heads=m["heads"],
                       mlp=m["mlp"], max_layers=m["max_layers"], max_index=i["max_index"],
-                      dtype=dtype)
+                      dtype=dtype, residual_slots=(len(W.SLOTS) if residual_weight(cfg) else 0))
+
+
+def residual_weight(cfg: Mapping) -> float:
+    """``decompiler.train.residual_supervision`` (0 in model files written before it)."""
+    return float(cfg["train"].get("residual_supervision", 0.0))

@@ -18,6 +18,11 @@ Two tokenizations, selected by ``decompiler.input.tokenization``:
     W_out[j, :]]`` plus its bias); a residual bias. Tokens that are all zero
     (tracr pads every layer to the widest one) carry nothing and are dropped.
 
+For the auxiliary residual supervision (``decompiler.train.residual_supervision``),
+:func:`residual_slots` names what each residual dimension holds, from the labels the compiler
+gives it (``tokens:3``, ``indices:0``, ``one``, ``v2_5:True``): the variable, as a *slot*
+(:data:`SLOTS`).
+
 Both return :class:`WeightTokens`: ``features`` (n, width) float32 after the
 symmetric log transform, and integer ``kind``, ``layer`` (0 = embeddings,
 l + 1 = transformer layer l) and ``index`` (position within its array, capped)
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -40,6 +46,29 @@ KIND_ID = {k: i for i, k in enumerate(KINDS)}
 _SUBLAYER_KIND = {"token_embed": "token_embed", "pos_embed": "pos_embed", "query": "query",
                   "key": "key", "value": "value", "linear": "output", "linear_1": "mlp_in",
                   "linear_2": "mlp_out"}
+
+# What a residual dimension holds, for the auxiliary supervision: slot 0 is "not known" (a
+# padding dimension, a rotated or distilled model's plain coordinates), then the input
+# variables and the program's variables v1, v2, ... by their canonical number.
+MAX_VARIABLES = 12
+SLOTS = ("unknown", "tokens", "indices", "one") + tuple(f"v{i}" for i in range(1, MAX_VARIABLES + 1))
+_VARIABLE = re.compile(r"v(\d+)(?:_|$)")
+
+
+def residual_slots(labels: Sequence[str], max_residual: int) -> np.ndarray:
+    """(max_residual,) int8: the :data:`SLOTS` index of each residual dimension of a compiled
+    model, from its ``residual_labels`` (tracr's ``name:value`` basis directions; a
+    variable's label starts with its canonical name, ``v3_7:True``, as do its hidden
+    dimensions, ``v1_2_selector_width_attn_output``). Dimensions beyond ``len(labels)``, labels
+    that name no variable and variables past ``MAX_VARIABLES`` are 0 (not supervised)."""
+    out = np.zeros(max_residual, np.int8)
+    for d, label in enumerate(labels[:max_residual]):
+        name = str(label).split(":", 1)[0]
+        if name in ("tokens", "indices", "one"):
+            out[d] = SLOTS.index(name)
+        elif (m := _VARIABLE.match(name)) and 1 <= int(m.group(1)) <= MAX_VARIABLES:
+            out[d] = SLOTS.index(f"v{int(m.group(1))}")
+    return out
 
 
 def symlog(x: np.ndarray) -> np.ndarray:
