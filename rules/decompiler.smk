@@ -125,3 +125,27 @@ rule figure3:
     shell:
         "python -m metamodels figure3 --history {input.history} --metrics {input.metrics}"
         " --out {output} 2> {log}"
+
+
+# Not part of `all`: drawn from the records of benchmarks/decompiler_scaling.py (issue 13 §3),
+# a benchmark run by hand (hours on 2 cores), not a pipeline stage.
+rule decompiler_scaling_figure:
+    input:
+        records="benchmarks/results/decompiler_scaling.cpu.jsonl",
+    output:
+        report(
+            "results/decompiler_scaling.pdf",
+            caption="../report/decompiler_scaling.rst",
+            category="Decompiler",
+            subcategory="Figures",
+        ),
+    threads: 1
+    resources:
+        **resources_of("decompiler_scaling_figure"),
+    conda:
+        "../envs/metamodels.yaml"
+    log:
+        "logs/decompiler_scaling_figure.log",
+    shell:
+        "python -m metamodels decompiler-scaling-figure --records {input.records}"
+        " --out {output} 2> {log}"

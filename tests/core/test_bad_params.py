@@ -93,6 +93,10 @@ EDITS = [
     ("missing-key", _drop("verify.atol"), "missing key 'verify.atol'"),
     ("missing-section", _drop("threads"), "missing key 'threads'"),
     # cross-field conflicts
+    ("value-tables-with-chunks", _update("decompiler.input", tokenization="chunks",
+                                         value_tables=True), "'decompiler.input.value_tables'"),
+    ("value-tables-not-bool", _set("decompiler.input.value_tables", "yes"),
+     "'decompiler.input.value_tables'"),
     ("min-length-above-max", _update("sampler", min_length=5, max_length=4),
      "'sampler.min_length'"),
     ("split-not-summing-to-1", _update("dataset.split", train=0.5, val=0.1, test=0.1),

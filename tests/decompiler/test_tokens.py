@@ -4,6 +4,7 @@ reader whose memory does not hold the weights, and clear errors for stale or wro
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 import zlib
@@ -30,12 +31,13 @@ def _same_batches(a, b, steps: int = 6) -> None:
         assert all(np.array_equal(x[k], y[k]) for k in x)
 
 
-@pytest.mark.parametrize("tokenization", ["residual", "chunks"])
+@pytest.mark.parametrize("tokenization", ["residual", "chunks", "residual+value_tables"])
 def test_a_store_holds_the_examples_of_load_split_and_gives_the_same_batches(
         data, tmp_path, tokenization):
     params, _, paths = data
     dec = copy.deepcopy(params["decompiler"])
-    dec["input"].update(tokenization=tokenization, chunk_size=64)
+    dec["input"].update(tokenization=tokenization.split("+")[0], chunk_size=64,
+                        value_tables="value_tables" in tokenization)
     # small limits, so that some programs are skipped for each reason
     full = B.load_split(paths["train"], dec["input"], 32)
     dec["input"]["max_tokens"] = int(np.quantile(full.n_tokens, 0.9))
@@ -137,3 +139,18 @@ def test_tokenize_verb_writes_the_same_file(data, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.npz" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_shards_written_before_value_tables_existed_still_open(data, tmp_path):
+    params, _, paths = data
+    dec = copy.deepcopy(params["decompiler"])
+    arrays = S.load_npz(paths["tokens/val"][0])
+    rec = json.loads(str(arrays["shard_json"][0]))
+    del rec["input"]["value_tables"]  # as an older version wrote it
+    old = dict(arrays, shard_json=S.text_array([S.dumps_json(rec)]))
+    S.save_npz(str(tmp_path / "old.npz"), old, compress=False)
+    dec["input"]["value_tables"] = False
+    assert len(T.TokenStore([str(tmp_path / "old.npz")], dec["input"], dec["max_program_tokens"]))
+    dec["input"]["value_tables"] = True
+    with pytest.raises(ValueError, match="value_tables = False, this run asks for True.*rerun"):
+        T.TokenStore([str(tmp_path / "old.npz")], dec["input"], dec["max_program_tokens"])

@@ -98,3 +98,43 @@ def test_too_large_inputs_are_refused(model):
         W.tokenize(flat, layout, dict(CFG, max_tokens=3))
     t = W.tokenize(flat, layout, dict(CFG, max_index=2))
     assert t.index.max() == 1
+
+
+def _single_map(fn: str):
+    tables = L.Tables([0, 1, 2, 3, 4, 5])
+    p = Program((Op("v1", "Map", fn, ("tokens",), "categorical"),))
+    return compile_program(to_rasp(p, tables), {1, 2, 3}, 4)
+
+
+def test_value_tables_tell_apart_programs_whose_weights_are_identical():
+    # x+1 and x+2 compile to the same weights: only the output encoder holds the values
+    a, b = _single_map("x+1"), _single_map("x+2")
+    assert np.array_equal(a.flat(), b.flat())
+    ta, tb = (W.tokenize(m.flat(), m.layout(), CFG) for m in (a, b))
+    assert np.array_equal(ta.features, tb.features)
+    cfg = dict(CFG, value_tables=True)
+    va, vb = (W.tokenize(m.flat(), m.layout(), cfg, m.metadata()) for m in (a, b))
+    assert len(va) == len(ta) + len(a.output_values)
+    assert not np.array_equal(va.features, vb.features)
+    # one token per output value: the residual dimension the unembedding reads, and the value
+    tail = slice(len(ta), None)
+    assert [W.KINDS[k] for k in va.kind[tail]] == ["output_value"] * len(a.output_values)
+    x = inverse_symlog(va.features[tail].astype(np.float64))
+    np.testing.assert_allclose(x[:, -1], a.output_values, rtol=1e-5)
+    d = a.residual_size
+    np.testing.assert_allclose(x[:, :d], a.unembed_matrix().T, rtol=1e-6)
+    assert list(va.index[tail]) == list(range(len(a.output_values)))
+
+
+def test_value_tables_mark_booleans_and_numerical_outputs(model):
+    boolean = _single_map("x<3")
+    t = W.tokenize(boolean.flat(), boolean.layout(), dict(CFG, value_tables=True),
+                   boolean.metadata())
+    assert {W.KINDS[k] for k in t.kind[-len(boolean.output_values):]} == {"output_bool"}
+    tables = L.Tables([0, 1, 2, 3, 4, 5])
+    num = compile_program(to_rasp(Program((Op("v1", "Map", "x+1", ("tokens",), "numerical"),)),
+                                  tables), {1, 2, 3}, 4)
+    t = W.tokenize(num.flat(), num.layout(), dict(CFG, value_tables=True), num.metadata())
+    assert W.KINDS[t.kind[-1]] == "output_numerical"
+    with pytest.raises(ValueError, match="value_tables needs the compiled model's metadata"):
+        W.tokenize(num.flat(), num.layout(), dict(CFG, value_tables=True))

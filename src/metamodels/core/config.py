@@ -85,6 +85,11 @@ def _cross_checks(params: Mapping[str, Any], source: str) -> None:
         raise ParamsError(f"{source}: 'dataset.split' fractions must sum to 1, "
                           f"got {sum(d['split'].values())}")
     dec = params.get("decompiler", {})
+    inp = dec.get("input", {})
+    if inp.get("value_tables") and inp.get("tokenization", "residual") != "residual":
+        raise ParamsError(f"{source}: 'decompiler.input.value_tables' needs "
+                          f"'decompiler.input.tokenization: residual' (got "
+                          f"{inp['tokenization']!r}); set value_tables to false")
     if dec.get("train", {}).get("residual_supervision", 0) > 0:
         for key, need in (("input.tokenization", "residual"),
                           ("model.architecture", "encoder_decoder")):

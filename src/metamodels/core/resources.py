@@ -98,7 +98,8 @@ RULES = ("vocab", "sample", "compile_shard", "split", "tokenize", "train_decompi
          "figure3", "variant_shard", "train_variant_decompiler", "evaluate_variant_decompiler",
          "variants_report", "figure_variants", "cnn_zoo_shard", "detect_backdoors",
          "backdoor_report", "figure2", "hparam_zoo_shard", "predict_hparam", "hparam_report",
-         "figure4", "train_modadd", "analyse_modadd", "figure_backdoor_heads")
+         "figure4", "train_modadd", "analyse_modadd", "figure_backdoor_heads",
+         "decompiler_scaling_figure")
 
 THREADS = {"vocab": "zoo", "sample": "zoo", "compile_shard": "zoo", "split": "zoo",
            "tokenize": "zoo",

@@ -101,7 +101,7 @@ def example(r: Mapping, input_cfg: Mapping, max_program_tokens: int, pad_id: int
     if len(tokens) > max_program_tokens:
         return "program_too_long", None
     try:
-        t = W.tokenize(r["weights"], r["layout"], input_cfg)
+        t = W.tokenize(r["weights"], r["layout"], input_cfg, r["meta"].get("model"))
     except W.InputTooLarge:
         return "weights_too_large", None
     p = np.full(max_program_tokens, pad_id, np.int32)

@@ -1,4 +1,5 @@
-"""Verbs of the decompiler: tokenize, train-decompiler, evaluate-decompiler, figure3, decompile."""
+"""Verbs of the decompiler: tokenize, train-decompiler, evaluate-decompiler, figure3,
+decompiler-scaling-figure, decompile."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def cmd_evaluate_decompiler(args) -> None:
 def cmd_figure3(args) -> None:
     from metamodels.decompiler.figure import figure3
     figure3(args.history, args.metrics, args.out)
+
+
+def cmd_decompiler_scaling_figure(args) -> None:
+    from metamodels.decompiler.scaling import figure
+    figure(args.records, args.out)
 
 
 def cmd_decompile(args) -> None:
@@ -84,6 +90,13 @@ def register(sub) -> None:
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_figure3)
+
+    p = sub.add_parser("decompiler-scaling-figure", help="draw the decompiler's scaling "
+                       "(benchmarks/decompiler_scaling.py records: data x model size, equal "
+                       "steps and equal CPU time)")
+    p.add_argument("--records", required=True, help="benchmark records (.jsonl)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_decompiler_scaling_figure)
 
     p = sub.add_parser("decompile", help="print the RASP program recovered from a weights "
                        "file, and whether it is verified against the model's own outputs")

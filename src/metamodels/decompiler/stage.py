@@ -301,7 +301,7 @@ def _examples(models: Sequence, cfg) -> tuple[list[int], B.Examples | None, dict
     toks, errors = [], {}
     for i, m in enumerate(models):
         try:
-            toks.append((i, W.tokenize(m.flat(), m.layout(), cfg["input"])))
+            toks.append((i, W.tokenize(m.flat(), m.layout(), cfg["input"], m.metadata())))
         except W.InputTooLarge as e:
             errors[i] = e
     if not toks:

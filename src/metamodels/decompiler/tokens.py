@@ -55,6 +55,11 @@ FORMAT = "metamodels token shard 1"
 TAGS = ("kind", "layer", "index")
 
 
+# decompiler.input keys added after token shards were first written, and the value that
+# gives the tokens those shards hold.
+ADDED_KEYS = {"value_tables": False}
+
+
 def tokenizer_input(input_cfg: Mapping) -> dict:
     """The ``decompiler.input`` keys that decide a model's weight tokens: all but ``buckets``,
     which only pads batches. What a token shard records and is checked against, so a shard
@@ -225,9 +230,11 @@ def _check_record(path: str, record: Mapping, input_cfg: Mapping, max_program_to
                                 "`python -m metamodels tokenize`", "shard_json")
     stored, wanted = record.get("input", {}), tokenizer_input(input_cfg)
     for key in sorted(set(stored) | set(wanted)):
-        if stored.get(key) != wanted.get(key):
+        # a key added since the shard was written holds its old behaviour's value there
+        was, now = stored.get(key, ADDED_KEYS.get(key)), wanted.get(key, ADDED_KEYS.get(key))
+        if was != now:
             raise ValueError(f"{path} was tokenized with decompiler.input.{key} = "
-                             f"{stored.get(key)!r}, this run asks for {wanted.get(key)!r}; "
+                             f"{was!r}, this run asks for {now!r}; "
                              "rerun its tokenize job (snakemake does when params change)")
     if record.get("max_program_tokens") != int(max_program_tokens):
         raise ValueError(f"{path} was tokenized with decompiler.max_program_tokens = "

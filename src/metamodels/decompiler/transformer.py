@@ -36,11 +36,12 @@ class WeightEmbed(nn.Module):
     max_layers: int
     max_index: int
     dtype: jnp.dtype = jnp.float32
+    kinds: int = W.BASE_KINDS
 
     @nn.compact
     def __call__(self, batch):
         x = nn.Dense(self.d_model, dtype=self.dtype, name="features")(batch["features"])
-        x = x + nn.Embed(len(W.KINDS), self.d_model, name="kind")(batch["kind"])
+        x = x + nn.Embed(self.kinds, self.d_model, name="kind")(batch["kind"])
         x = x + nn.Embed(self.max_layers, self.d_model, name="layer")(batch["layer"])
         x = x + nn.Embed(self.max_index, self.d_model, name="index")(batch["index"])
         return x.astype(self.dtype)
@@ -75,10 +76,12 @@ class Decompiler(nn.Module):
     max_index: int
     dtype: jnp.dtype = jnp.float32
     residual_slots: int = 0
+    kinds: int = W.BASE_KINDS
 
     def setup(self):
         kw = dict(d_model=self.d_model, heads=self.heads, mlp=self.mlp, dtype=self.dtype)
-        self.weight_embed = WeightEmbed(self.d_model, self.max_layers, self.max_index, self.dtype)
+        self.weight_embed = WeightEmbed(self.d_model, self.max_layers, self.max_index, self.dtype,
+                                        self.kinds)
         self.program_embed = ProgramEmbed(self.d_model, self.vocab_size,
                                           self.max_program_tokens, self.dtype)
         if self.architecture == "prefix_lm":
@@ -153,7 +156,8 @@ def build(cfg: Mapping, vocab_size: int, dtype=jnp.float32) -> Decompiler:
                       max_program_tokens=cfg["max_program_tokens"], d_model=m["d_model"],
                       layers=m["layers"], decoder_layers=m["decoder_layers"], heads=m["heads"],
                       mlp=m["mlp"], max_layers=m["max_layers"], max_index=i["max_index"],
-                      dtype=dtype, residual_slots=(len(W.SLOTS) if residual_weight(cfg) else 0))
+                      dtype=dtype, residual_slots=(len(W.SLOTS) if residual_weight(cfg) else 0),
+                      kinds=W.kinds(i))
 
 
 def residual_weight(cfg: Mapping) -> float:

@@ -41,7 +41,11 @@ import numpy as np
 TOKENIZATIONS = ("chunks", "residual")
 # Token kinds (embedded by the meta-model); "pad" marks padding positions.
 KINDS = ("pad", "token_embed", "pos_embed", "query_key", "value_output", "mlp", "bias",
-         "query", "key", "value", "output", "mlp_in", "mlp_out")
+         "query", "key", "value", "output", "mlp_in", "mlp_out",
+         # decompiler.input.value_tables only (the kind embedding grows only then, so model
+         # files trained without them keep their shapes):
+         "output_value", "output_bool", "output_numerical")
+BASE_KINDS = 13
 KIND_ID = {k: i for i, k in enumerate(KINDS)}
 _SUBLAYER_KIND = {"token_embed": "token_embed", "pos_embed": "pos_embed", "query": "query",
                   "key": "key", "value": "value", "linear": "output", "linear_1": "mlp_in",
@@ -100,12 +104,29 @@ def feature_width(cfg: Mapping) -> int:
     return 2 * int(cfg["max_residual"]) + 1
 
 
-def tokenize(flat: np.ndarray, layout: Sequence[Mapping], cfg: Mapping) -> WeightTokens:
-    """Tokens of one model (flat weights + layout) under the input config ``cfg``."""
+def kinds(cfg: Mapping) -> int:
+    """Size of the meta-model's kind embedding under ``decompiler.input`` ``cfg``."""
+    return len(KINDS) if cfg.get("value_tables") else BASE_KINDS
+
+
+def tokenize(flat: np.ndarray, layout: Sequence[Mapping], cfg: Mapping,
+             model_meta: Mapping | None = None) -> WeightTokens:
+    """Tokens of one model (flat weights + layout) under the input config ``cfg``
+    (``decompiler.input``). With ``cfg["value_tables"]`` the output encoder's value table is
+    appended (:func:`value_table_tokens`), read from ``model_meta``, the compiled model's
+    metadata (:meth:`metamodels.zoo.compiler.CompiledModel.metadata`; a zoo row's
+    ``meta["model"]``); ValueError when it is missing.
+
+    Raises :class:`InputTooLarge` when the model exceeds ``max_residual`` or ``max_tokens``."""
     if cfg["tokenization"] == "chunks":
         toks = _chunks(flat, layout, int(cfg["chunk_size"]), float(cfg["pad_value"]))
     elif cfg["tokenization"] == "residual":
         toks = _residual(flat, layout, int(cfg["max_residual"]))
+        if cfg.get("value_tables"):
+            if not model_meta:
+                raise ValueError("decompiler.input.value_tables needs the compiled model's "
+                                 "metadata (its output encoder); none was given")
+            toks = _concat(toks, value_table_tokens(model_meta, int(cfg["max_residual"])))
     else:
         raise ValueError(f"decompiler.input.tokenization: unknown {cfg['tokenization']!r}; "
                          f"use one of {TOKENIZATIONS}")
@@ -180,3 +201,40 @@ def _residual(flat: np.ndarray, layout: Sequence[Mapping], max_residual: int) ->
         idx.append(np.flatnonzero(keep).astype(np.int32))
     return WeightTokens(symlog(np.concatenate(feats)), np.concatenate(kinds),
                         np.concatenate(lays), np.concatenate(idx))
+
+
+def _concat(a: WeightTokens, b: WeightTokens) -> WeightTokens:
+    return WeightTokens(*(np.concatenate([getattr(a, f), getattr(b, f)])
+                          for f in ("features", "kind", "layer", "index")))
+
+
+def value_table_tokens(model_meta: Mapping, max_residual: int) -> WeightTokens:
+    """The output encoder, which every compiled tracr model ships beside its weights, as
+    residual-row tokens: one per output value j, its first half the residual direction the
+    unembedding reads for j (tracr: one basis dimension; rotated or distilled models: the
+    column of their ``unembed`` matrix), its scalar the value (booleans as 0/1, kind
+    ``output_bool``; other values ``output_value``); a numerical output is one token of kind
+    ``output_numerical`` (scalar 0). Layer tag 0, as the embeddings (the encoders). After symlog, as
+    :func:`tokenize`. Shapes: (outputs, 2 * max_residual + 1)."""
+    d = len(model_meta["residual_labels"])
+    if d > max_residual:
+        raise InputTooLarge(f"residual width {d} > decompiler.input.max_residual = {max_residual}")
+    if model_meta.get("unembed") is not None:
+        u = np.asarray(model_meta["unembed"], np.float32)
+    else:
+        idx = [int(i) for i in model_meta["unembed_indices"]]
+        u = np.zeros((d, len(idx)), np.float32)
+        u[idx, np.arange(len(idx))] = 1.0
+    n = u.shape[1]
+    f = np.zeros((n, 2 * max_residual + 1), np.float32)
+    f[:, :d] = u.T
+    values = model_meta.get("output_values")
+    if values is None or not model_meta.get("categorical_output", True):
+        kind = np.full(n, KIND_ID["output_numerical"], np.int32)
+    else:
+        kind = np.empty(n, np.int32)
+        for j, (typ, v) in enumerate(values):
+            is_bool = "bool" in str(typ)
+            kind[j] = KIND_ID["output_bool" if is_bool else "output_value"]
+            f[j, -1] = float(v) if isinstance(v, (int, float)) else 0.0
+    return WeightTokens(symlog(f), kind, np.zeros(n, np.int32), np.arange(n, dtype=np.int32))
