@@ -127,18 +127,14 @@ rule figure3:
         " --out {output} 2> {log}"
 
 
-# Not part of `all`: drawn from the records of benchmarks/decompiler_scaling.py (issue 13 §3),
-# a benchmark run by hand (hours on 2 cores), not a pipeline stage.
+# Not part of `all` (nor of the report): drawn from the records of
+# benchmarks/decompiler_scaling.py, a benchmark run by hand (hours on 2 cores), not a pipeline
+# stage. What it shows: src/metamodels/decompiler/scaling.py, docs/decompiler.md.
 rule decompiler_scaling_figure:
     input:
         records="benchmarks/results/decompiler_scaling.cpu.jsonl",
     output:
-        report(
-            "results/decompiler_scaling.pdf",
-            caption="../report/decompiler_scaling.rst",
-            category="Decompiler",
-            subcategory="Figures",
-        ),
+        "results/decompiler_scaling.pdf",
     threads: 1
     resources:
         **resources_of("decompiler_scaling_figure"),
