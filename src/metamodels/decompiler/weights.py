@@ -55,7 +55,8 @@ _SUBLAYER_KIND = {"token_embed": "token_embed", "pos_embed": "pos_embed", "query
 # padding dimension, a rotated or distilled model's plain coordinates), then the input
 # variables and the program's variables v1, v2, ... by their canonical number.
 MAX_VARIABLES = 12
-SLOTS = ("unknown", "tokens", "indices", "one") + tuple(f"v{i}" for i in range(1, MAX_VARIABLES + 1))
+SLOTS = (("unknown", "tokens", "indices", "one")
+         + tuple(f"v{i}" for i in range(1, MAX_VARIABLES + 1)))
 _VARIABLE = re.compile(r"v(\d+)(?:_|$)")
 
 
@@ -214,8 +215,8 @@ def value_table_tokens(model_meta: Mapping, max_residual: int) -> WeightTokens:
     unembedding reads for j (tracr: one basis dimension; rotated or distilled models: the
     column of their ``unembed`` matrix), its scalar the value (booleans as 0/1, kind
     ``output_bool``; other values ``output_value``); a numerical output is one token of kind
-    ``output_numerical`` (scalar 0). Layer tag 0, as the embeddings (the encoders). After symlog, as
-    :func:`tokenize`. Shapes: (outputs, 2 * max_residual + 1)."""
+    ``output_numerical`` (scalar 0). Layer tag 0, as the embeddings (the encoders). After
+    symlog, as :func:`tokenize`. Shapes: (outputs, 2 * max_residual + 1)."""
     d = len(model_meta["residual_labels"])
     if d > max_residual:
         raise InputTooLarge(f"residual width {d} > decompiler.input.max_residual = {max_residual}")
