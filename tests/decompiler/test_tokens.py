@@ -141,16 +141,23 @@ def test_tokenize_verb_writes_the_same_file(data, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def test_shards_written_before_value_tables_existed_still_open(data, tmp_path):
+def test_shards_written_before_value_tables_and_residual_slots_still_open(data, tmp_path):
     params, _, paths = data
     dec = copy.deepcopy(params["decompiler"])
     arrays = S.load_npz(paths["tokens/val"][0])
     rec = json.loads(str(arrays["shard_json"][0]))
     del rec["input"]["value_tables"]  # as an older version wrote it
     old = dict(arrays, shard_json=S.text_array([S.dumps_json(rec)]))
+    del old["residual_slot"]  # nor had it that column
     S.save_npz(str(tmp_path / "old.npz"), old, compress=False)
     dec["input"]["value_tables"] = False
-    assert len(T.TokenStore([str(tmp_path / "old.npz")], dec["input"], dec["max_program_tokens"]))
+    store = T.TokenStore([str(tmp_path / "old.npz")], dec["input"], dec["max_program_tokens"])
+    # it trains without the residual supervision, and refuses it rather than use empty targets
+    batch = B.make_batch(store, np.arange(4), [int(store.n_tokens.max())])
+    assert batch["residual_slot"].shape == (4, 1)
+    from metamodels.decompiler.train import residual_targets
+    with pytest.raises(ValueError, match="residual_supervision > 0 needs.*rerun the tokenize"):
+        residual_targets(batch, dec["input"]["max_residual"], 16)
     dec["input"]["value_tables"] = True
     with pytest.raises(ValueError, match="value_tables = False, this run asks for True.*rerun"):
         T.TokenStore([str(tmp_path / "old.npz")], dec["input"], dec["max_program_tokens"])

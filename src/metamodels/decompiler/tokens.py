@@ -164,6 +164,9 @@ class TokenStore:
             sources.append(record["source"])
             self.skipped.update(record["skipped"])
         self.skipped = dict(self.skipped)
+        # shards written before the residual_slot column: width-1 zeros, which the residual
+        # supervision refuses (train.residual_targets) instead of training on empty targets
+        self._has_slots = all("residual_slot" in c.columns for c in self._cols)
         self._tok_off, self._blob_off = tok_off, blob_off
         self.n_tokens = (np.concatenate([np.diff(o) for o in tok_off]) if tok_off
                          else np.zeros(0, np.int64))
@@ -197,7 +200,7 @@ class TokenStore:
         """Tokens of programs ``idx``, concatenated in that order: ``features`` (sum of their
         tokens, width) float32, ``kind``/``layer``/``index`` int32, ``program``
         (len(idx), max_program_tokens) int32 and ``residual_slot`` (len(idx), max_residual)
-        int8 (zeros from a shard written without that column)."""
+        int8 ((len(idx), 1) zeros when a shard was written without that column)."""
         feats, tags, progs, slots = [], {t: [] for t in TAGS}, [], []
         for i in idx:
             k, j = self._locate(i)
@@ -210,8 +213,8 @@ class TokenStore:
             for t in TAGS:
                 tags[t].append(cols.rows(t, t0, t1))
             progs.append(cols.rows("program", j, j + 1))
-            slots.append(cols.rows("residual_slot", j, j + 1) if "residual_slot" in cols.columns
-                         else np.zeros((1, self.max_residual), np.int8))
+            slots.append(cols.rows("residual_slot", j, j + 1) if self._has_slots
+                         else np.zeros((1, 1), np.int8))
         out = {"features": np.concatenate(feats).astype(np.float32, copy=False)}
         for t in TAGS:
             out[t] = np.concatenate(tags[t])
