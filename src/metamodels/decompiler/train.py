@@ -65,15 +65,18 @@ class Trainer:
         params = params["params"]
         return params, self.tx.init(params)
 
-    def _loss(self, params, batch):
-        prog = batch["program"]
-        inp, tgt = prog[:, :-1], prog[:, 1:]
-        logits = self.model.apply({"params": params}, batch, inp)
+    def _program_loss(self, logits, batch):
+        """Mean next-token cross-entropy of ``logits`` (B, Tp, vocab) against the batch's
+        program tokens, and the (correct, counted) masks."""
+        tgt = batch["program"][:, 1:]
         w = (tgt != self.pad) & batch["valid"][:, None]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
-        n = jnp.maximum(w.sum(), 1)
         correct = (logits.argmax(-1) == tgt) & w
-        return (ce * w).sum() / n, (correct, w)
+        return (ce * w).sum() / jnp.maximum(w.sum(), 1), (correct, w)
+
+    def _loss(self, params, batch):
+        logits = self.model.apply({"params": params}, batch, batch["program"][:, :-1])
+        return self._program_loss(logits, batch)
 
     def _train_loss(self, params, batch):
         """Next-token cross-entropy, plus ``residual_supervision`` x the auxiliary loss."""
@@ -81,12 +84,9 @@ class Trainer:
         if not lam:
             loss, _ = self._loss(params, batch)
             return loss, {"loss": loss}
-        prog = batch["program"]
-        inp, tgt = prog[:, :-1], prog[:, 1:]
-        logits, res = self.model.apply({"params": params}, batch, inp, method="with_residual")
-        w = (tgt != self.pad) & batch["valid"][:, None]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
-        ce = (ce * w).sum() / jnp.maximum(w.sum(), 1)
+        logits, res = self.model.apply({"params": params}, batch, batch["program"][:, :-1],
+                                       method="with_residual")
+        ce, _ = self._program_loss(logits, batch)
         aux = residual_loss(res, batch, int(self.cfg["input"]["max_residual"]))
         return ce + lam * aux, {"loss": ce, "residual_loss": aux}
 
